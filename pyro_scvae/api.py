@@ -1,0 +1,395 @@
+"""The user-facing class: from an AnnData to cell-type annotations, in the scvi-tools manner.
+
+Examples
+--------
+>>> PyroSCVAE.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
+>>> model = PyroSCVAE(adata)
+>>> model.fit()
+>>> probabilities = model.predict(soft=True)        # cells × classes DataFrame
+>>> adata.obsm["X_pyro_scvae"] = model.get_latent_representation()
+>>> model.save("my_model/")
+>>> model = PyroSCVAE.load("my_model/")
+>>> model.predict(new_adata)                          # genes matched by name
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+
+from pyro_scvae.data import (
+    CellData,
+    InputError,
+    count_matrix,
+    encode_labels,
+    library_prior,
+)
+from pyro_scvae.evaluation import classification_metrics
+from pyro_scvae.model import HierarchicalVAE, ModelConfig
+from pyro_scvae.training import History, TrainingConfig, resolve_device, train
+
+SETUP_KEY = "_pyro_scvae_setup"
+UNASSIGNED = "Unassigned"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def default_epochs(n_cells: int) -> int:
+    """About 20,000 cell passes per class of data size, between 20 and 300 epochs."""
+    return int(np.clip(round(200_000 / max(n_cells, 1)), 20, 300))
+
+
+class PyroSCVAE:
+    """Semi-supervised cell-type annotation with the hierarchical VAE of MODEL.md.
+
+    Parameters
+    ----------
+    adata
+        Raw counts, registered with :meth:`setup_anndata`.
+    n_latent, n_hidden, n_layers, dropout, alpha
+        Architecture and classification weight, see :class:`~pyro_scvae.model.ModelConfig`.
+    class_prior
+        ``"uniform"`` or ``"frequencies"`` (label frequencies of the labelled cells) for p(y).
+    seed
+        Seeds the initial weights (and, unless ``fit`` is given another, training).
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        alpha: float = 50.0,
+        class_prior: str = "uniform",
+        seed: int = 0,
+    ) -> None:
+        if SETUP_KEY not in adata.uns:
+            raise InputError("call PyroSCVAE.setup_anndata(adata, labels_key=...) first")
+        self.setup = dict(adata.uns[SETUP_KEY])
+        self.adata = adata
+        self.seed = seed
+        counts = count_matrix(adata, self.setup["layer"])
+        labels, self.classes = encode_labels(
+            adata.obs[self.setup["labels_key"]], self.setup["unlabeled_category"]
+        )
+        if (labels >= 0).sum() == 0:
+            raise InputError(f"no cell has a label in obs['{self.setup['labels_key']}']")
+        if len(self.classes) < 2:
+            raise InputError(
+                f"obs['{self.setup['labels_key']}'] has a single class ({self.classes[0]}); "
+                "annotation needs at least two"
+            )
+        self.batch_categories = self._batch_categories(adata)
+        batches = self._batch_codes(adata)
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        if (totals == 0).any():
+            warnings.warn(
+                f"{int((totals == 0).sum())} cells have zero counts; they are left out of training",
+                stacklevel=2,
+            )
+        self.data = CellData(counts, labels, batches)
+        self.training_cells = np.flatnonzero(totals > 0)
+        n_batches = len(self.batch_categories)
+        loc, scale = library_prior(
+            counts[self.training_cells],
+            None if batches is None else batches[self.training_cells],
+            n_batches,
+        )
+        self.config = ModelConfig(
+            n_genes=counts.shape[1], n_classes=len(self.classes), n_batches=n_batches,
+            n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout=dropout, alpha=alpha,
+        )  # fmt: skip
+        if class_prior not in ("uniform", "frequencies"):
+            raise InputError(f"class_prior must be 'uniform' or 'frequencies', not {class_prior!r}")
+        prior = None
+        if class_prior == "frequencies":
+            frequencies = np.bincount(labels[labels >= 0], minlength=len(self.classes)) + 1.0
+            prior = torch.tensor(frequencies / frequencies.sum(), dtype=torch.float32)
+        self.class_prior = class_prior
+        torch.manual_seed(seed)
+        self.module = HierarchicalVAE(self.config, loc, scale, prior)
+        self.genes = list(map(str, adata.var_names))
+        self.history: History | None = None
+        self.training_config: TrainingConfig | None = None
+        self.validation_cells = np.array([], dtype=np.int64)
+        self.validation_metrics: dict | None = None
+        self.train_seconds: float | None = None
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def setup_anndata(
+        adata: ad.AnnData,
+        labels_key: str,
+        unlabeled_category: str | None = None,
+        batch_key: str | None = None,
+        layer: str | None = None,
+    ) -> None:
+        """Register where the labels, batches and counts of ``adata`` are.
+
+        Parameters
+        ----------
+        labels_key
+            ``obs`` column of cell types; missing values mean "no label".
+        unlabeled_category
+            A label value that also means "no label".
+        batch_key
+            Optional ``obs`` column of a categorical batch covariate.
+        layer
+            Layer holding the raw counts (``.X`` when None).
+        """
+        for role, key in (("labels", labels_key), ("batch", batch_key)):
+            if key is not None and key not in adata.obs:
+                raise InputError(
+                    f"{role} column '{key}' not found in obs; columns are: "
+                    + ", ".join(map(str, adata.obs.columns))
+                )
+        if layer is not None and layer not in adata.layers:
+            raise InputError(f"layer '{layer}' not found; layers are: {list(adata.layers)}")
+        adata.uns[SETUP_KEY] = {
+            "labels_key": labels_key,
+            "unlabeled_category": unlabeled_category,
+            "batch_key": batch_key,
+            "layer": layer,
+        }
+
+    def _batch_categories(self, adata: ad.AnnData) -> list[str]:
+        key = self.setup["batch_key"]
+        if key is None:
+            return []
+        return sorted(map(str, adata.obs[key].dropna().unique()))
+
+    def _batch_codes(self, adata: ad.AnnData) -> np.ndarray | None:
+        key = self.setup.get("batch_key")
+        if key is None or not self.batch_categories:
+            return None
+        if key not in adata.obs:
+            raise InputError(f"batch column '{key}' not found in obs of the data to annotate")
+        values = adata.obs[key].astype(str).to_numpy()
+        index = {name: i for i, name in enumerate(self.batch_categories)}
+        unknown = ~np.isin(values, self.batch_categories)
+        if unknown.any():
+            warnings.warn(
+                f"{int(unknown.sum())} cells belong to batches the model was not trained on; "
+                f"they are treated as batch '{self.batch_categories[0]}'",
+                stacklevel=3,
+            )
+        return np.array([index.get(v, 0) for v in values], dtype=np.int64)
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = 3e-3,
+        seed: int | None = None,
+        device: str = "auto",
+        validation_fraction: float = 0.0,
+        progress: bool = True,
+    ) -> PyroSCVAE:
+        """Train on all cells: labelled ones with their label, the others enumerating y.
+
+        Parameters
+        ----------
+        epochs
+            Passes over the data; by default chosen from the number of cells.
+        validation_fraction
+            Fraction of the labelled cells whose labels are hidden from training and
+            used to report accuracy and F1 (``validation_metrics``).
+        """
+        if not 0.0 <= validation_fraction < 1.0:
+            raise InputError("validation_fraction must be in [0, 1)")
+        seed = self.seed if seed is None else seed
+        epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
+        self.training_config = TrainingConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+            progress=progress,
+        )  # fmt: skip
+        labels = self.data.labels.copy()
+        self.validation_cells = self._validation_split(labels, validation_fraction, seed)
+        labels[self.validation_cells] = -1
+        cells = self.training_cells
+        batches = None if self.data.batches is None else self.data.batches[cells]
+        training_data = CellData(self.data.counts[cells], labels[cells], batches)
+        start = time.perf_counter()
+        self.history = train(self.module, training_data, self.training_config)
+        self.train_seconds = time.perf_counter() - start
+        if len(self.validation_cells):
+            probabilities = self._probabilities(
+                self.data.counts[self.validation_cells],
+                None if self.data.batches is None else self.data.batches[self.validation_cells],
+            )
+            truth = np.array(self.classes)[self.data.labels[self.validation_cells]]
+            predicted = np.array(self.classes)[probabilities.argmax(1)]
+            self.validation_metrics = classification_metrics(truth, predicted, probabilities)
+        return self
+
+    def _validation_split(self, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+        """A stratified random ``fraction`` of the labelled cells (at least one per split)."""
+        if fraction == 0.0:
+            return np.array([], dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        held_out = []
+        for code in range(len(self.classes)):
+            members = rng.permutation(np.flatnonzero(labels == code))
+            n_held = int(round(fraction * len(members)))
+            held_out.append(members[: min(n_held, len(members) - 1)])
+        held_out = np.sort(np.concatenate(held_out))
+        if len(held_out) == 0:
+            raise InputError("validation_fraction leaves no labelled cell to validate on")
+        return held_out
+
+    # ------------------------------------------------------------------ inference
+    def _probabilities(
+        self, counts: sp.csr_matrix, batches: np.ndarray | None, chunk: int = 4096
+    ) -> np.ndarray:
+        """q(y | z₁) at the posterior mean of z₁, ``[cells, classes]``."""
+        return self._encode(counts, batches, chunk)[1]
+
+    def _encode(
+        self, counts: sp.csr_matrix, batches: np.ndarray | None, chunk: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray]:
+        device = next(self.module.parameters()).device
+        self.module.eval()
+        latent, probabilities = [], []
+        for start in range(0, counts.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            x = torch.from_numpy(counts[rows].toarray()).to(device)  # [chunk, G]
+            b = None if batches is None else torch.from_numpy(batches[rows]).to(device)
+            z1, probs = self.module.encode(x, b)  # [chunk, d], [chunk, K]
+            latent.append(z1.cpu().numpy())
+            probabilities.append(probs.cpu().numpy())
+        return np.concatenate(latent), np.concatenate(probabilities)
+
+    def _query_arrays(self, adata: ad.AnnData | None) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """Counts (genes matched to the model's by name) and batch codes of ``adata``."""
+        if adata is None or adata is self.adata:
+            return self.data.counts, self.data.batches
+        counts = match_genes(count_matrix(adata, self.setup["layer"]), adata.var_names, self.genes)
+        return counts, self._batch_codes(adata)
+
+    def predict(
+        self, adata: ad.AnnData | None = None, soft: bool = False, min_confidence: float = 0.0
+    ) -> pd.DataFrame | pd.Series:
+        """Cell types of ``adata`` (the training data by default).
+
+        Parameters
+        ----------
+        soft
+            Return the class probabilities (a cells × classes DataFrame, rows sum to 1).
+        min_confidence
+            Hard calls whose largest probability is below this become ``"Unassigned"``.
+        """
+        index = (self.adata if adata is None else adata).obs_names
+        probabilities = self._probabilities(*self._query_arrays(adata))
+        if soft:
+            return pd.DataFrame(probabilities, index=index, columns=self.classes)
+        calls = np.array(self.classes, dtype=object)[probabilities.argmax(1)]
+        calls[probabilities.max(1) < min_confidence] = UNASSIGNED
+        return pd.Series(calls, index=index, name="pyro_scvae_prediction")
+
+    def get_latent_representation(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Posterior mean of z₁ for each cell, ``[cells, n_latent]`` (for UMAP, clustering)."""
+        return self._encode(*self._query_arrays(adata))[0]
+
+    def annotate(self, adata: ad.AnnData | None = None, min_confidence: float = 0.0) -> ad.AnnData:
+        """Write predictions, confidences and the latent z₁ into ``adata`` (in place)."""
+        adata = self.adata if adata is None else adata
+        latent, probabilities = self._encode(*self._query_arrays(adata))
+        calls = np.array(self.classes, dtype=object)[probabilities.argmax(1)]
+        calls[probabilities.max(1) < min_confidence] = UNASSIGNED
+        adata.obs["pyro_scvae_prediction"] = pd.Categorical(calls)
+        adata.obs["pyro_scvae_confidence"] = probabilities.max(1)
+        adata.obsm["X_pyro_scvae"] = latent
+        return adata
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path, overwrite: bool = False) -> None:
+        """Weights (safetensors) and a JSON config; loading executes no code."""
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()) and not overwrite:
+            raise InputError(f"{directory} exists and is not empty; pass overwrite=True")
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        save_file(state, directory / WEIGHTS_FILE)
+        config = {
+            "model": self.config.to_dict(),
+            "classes": self.classes,
+            "genes": self.genes,
+            "batch_categories": self.batch_categories,
+            "setup": self.setup,
+            "class_prior": self.class_prior,
+            "seed": self.seed,
+            "training": None if self.training_config is None else self.training_config.to_dict(),
+            "history": None if self.history is None else asdict(self.history),
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "auto") -> PyroSCVAE:
+        """A trained model from :meth:`save`, ready for :meth:`predict` on new data."""
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+            raise InputError(f"{directory} is not a saved pyro_scvae model (no {CONFIG_FILE})")
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        self = cls.__new__(cls)
+        self.config = ModelConfig(**config["model"])
+        self.classes = config["classes"]
+        self.genes = config["genes"]
+        self.batch_categories = config["batch_categories"]
+        self.setup = config["setup"]
+        self.class_prior = config["class_prior"]
+        self.seed = config["seed"]
+        self.training_config = config["training"] and TrainingConfig(**config["training"])
+        self.history = config["history"] and History(**config["history"])
+        self.adata = None
+        state = load_file(directory / WEIGHTS_FILE)
+        n_library = state["library_loc"].shape[0]
+        self.module = HierarchicalVAE(
+            self.config, torch.zeros(n_library), torch.ones(n_library), torch.ones(len(self.classes))
+        )
+        self.module.load_state_dict(state)
+        self.module.to(resolve_device(device)).eval()
+        self.validation_cells = np.array([], dtype=np.int64)
+        self.validation_metrics = None
+        self.train_seconds = None
+        return self
+
+
+def match_genes(
+    counts: sp.csr_matrix, genes: pd.Index, model_genes: list[str], min_shared: float = 0.5
+) -> sp.csr_matrix:
+    """Reorder the columns of ``counts`` to the model's genes, by name.
+
+    Genes the model needs but the data lack are zero (with a warning); fewer than
+    ``min_shared`` of the model's genes present is an :class:`InputError`.
+    """
+    position = {str(g): i for i, g in enumerate(genes)}
+    found = [(position[g], j) for j, g in enumerate(model_genes) if g in position]
+    if len(found) < min_shared * len(model_genes):
+        raise InputError(
+            f"only {len(found)} of the model's {len(model_genes)} genes are in the data "
+            f"(at least {min_shared:.0%} are needed); are the gene names of the same kind?"
+        )
+    if len(found) < len(model_genes):
+        warnings.warn(
+            f"{len(model_genes) - len(found)} of the model's {len(model_genes)} genes are "
+            "missing from the data and are treated as zero counts",
+            stacklevel=3,
+        )
+    rows, cols = zip(*found)
+    selection = sp.csr_matrix(
+        (np.ones(len(found), np.float32), (rows, cols)), shape=(len(genes), len(model_genes))
+    )
+    return sp.csr_matrix(counts @ selection)

@@ -1,0 +1,187 @@
+"""The generative model and the variational guide, line by line against MODEL.md.
+
+Generative model (per cell)::
+
+    y  ~ Categorical(π_y)
+    z₂ ~ Normal(0, I)
+    z₁ ~ Normal(μ(z₂, y), σ(z₂, y))                     z1_decoder
+    l  ~ LogNormal(μ_l[batch], σ_l[batch])
+    x  ~ ZINB(mean = l·ρ(z₁), θ, zero-inflation logits π(z₁))   x_decoder, scvi's ZINB
+
+Guide::
+
+    z₁ ~ q(z₁ | x)        z1_encoder on log1p(x)
+    l  ~ q(l | x)         library_encoder on log1p(x)
+    y  ~ q(y | z₁)        classifier (logits), enumerated in parallel when unobserved
+    z₂ ~ q(z₂ | z₁, y)    z2_encoder, once per enumerated value of y
+
+Labelled cells observe y and add α · log q(y | z₁) to the objective (Kingma et al.
+2014, M2; scANVI). Under enumeration y has shape ``[K, 1]`` (dimension -2 is the
+enumeration dimension because the cell plate is the only plate), so every site
+that depends on y gains a leading dimension of size K.
+
+References
+----------
+Xu et al., Mol Syst Biol 17:e9620 (2021); Lopez et al., Nat Methods 15:1053 (2018);
+Kingma et al., NeurIPS (2014).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import config_enumerate
+from torch import nn
+from torch.nn.functional import one_hot
+
+from pyro_scvae.distributions import ZINB
+from pyro_scvae.networks import Classifier, GaussianNet, XDecoder
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and objective settings; saved beside the weights as JSON.
+
+    Parameters
+    ----------
+    n_genes, n_classes, n_batches
+        Data dimensions (``n_batches = 0`` means no batch covariate).
+    n_latent
+        Dimension of z₁ and of z₂.
+    n_hidden, n_layers
+        Width and number of hidden layers of every network.
+    dropout
+        Dropout rate in the encoders and the classifier.
+    alpha
+        Weight of the classification term α · log q(y | z₁) of labelled cells.
+    """
+
+    n_genes: int
+    n_classes: int
+    n_batches: int = 0
+    n_latent: int = 10
+    n_hidden: int = 128
+    n_layers: int = 1
+    dropout: float = 0.1
+    alpha: float = 50.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HierarchicalVAE(nn.Module):
+    """The scANVI model as a Pyro program: ``model(x, y, batch)`` and ``guide(x, y, batch)``.
+
+    Parameters
+    ----------
+    config
+        Dimensions and settings.
+    library_loc, library_scale
+        Mean and standard deviation of log total counts, one per batch
+        (a single value where there is no batch covariate): the prior p(l).
+    class_prior
+        π_y; uniform when omitted.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        library_loc: torch.Tensor,
+        library_scale: torch.Tensor,
+        class_prior: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        d, k, b = config.n_latent, config.n_classes, config.n_batches
+        hidden = [config.n_hidden] * config.n_layers
+        p = config.dropout
+        if class_prior is None:
+            class_prior = torch.full((k,), 1.0 / k)
+        # Priors are buffers: they are saved with the weights and follow .to(device).
+        self.register_buffer("class_log_prior", class_prior.log())  # [K]
+        self.register_buffer("library_loc", library_loc.reshape(-1))  # [max(1, n_batches)]
+        self.register_buffer("library_scale", library_scale.reshape(-1))
+        # θ, the per-gene inverse dispersion of p(x | z₁, l), kept positive through its log.
+        self.log_theta = nn.Parameter(torch.zeros(config.n_genes))  # [G]
+
+        self.z1_encoder = GaussianNet(config.n_genes + b, d, hidden, p)
+        self.library_encoder = GaussianNet(config.n_genes + b, 1, hidden, p)
+        self.classifier = Classifier(d, k, hidden, p)
+        self.z2_encoder = GaussianNet(d + k, d, hidden, p)
+        self.z1_decoder = GaussianNet(d + k, d, hidden, 0.0)
+        self.x_decoder = XDecoder(d + b, config.n_genes, hidden, 0.0)
+
+    # ------------------------------------------------------------------ helpers
+    def batch_inputs(self, x: torch.Tensor, batch: torch.Tensor | None) -> list[torch.Tensor]:
+        """The one-hot batch covariate as an extra network input (nothing without batches)."""
+        if self.config.n_batches == 0:
+            return []
+        return [one_hot(batch, self.config.n_batches).to(x.dtype)]  # [batch, n_batches]
+
+    def library_prior(self, batch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ_l and σ_l of p(l) for each cell."""
+        if self.config.n_batches == 0:
+            return self.library_loc[0], self.library_scale[0]
+        return self.library_loc[batch], self.library_scale[batch]  # [batch] each
+
+    def one_hot_y(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return one_hot(y, self.config.n_classes).to(like.dtype)  # [batch, K] or [K, 1, K]
+
+    # ------------------------------------------------------------------ model
+    def model(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, batch: torch.Tensor | None = None
+    ) -> None:
+        """p(y) p(z₂) p(z₁ | z₂, y) p(l) p(x | z₁, l), with y observed where given."""
+        pyro.module("pyro_scvae", self)
+        n_cells = x.shape[0]
+        d = self.config.n_latent
+        theta = self.log_theta.exp()  # [G]
+        batch_onehot = self.batch_inputs(x, batch)
+        with pyro.plate("cells", n_cells):
+            prior_y = dist.Categorical(logits=self.class_log_prior)
+            y = pyro.sample("y", prior_y, obs=y)  # [batch] observed, [K, 1] enumerated
+            z2 = pyro.sample(
+                "z2", dist.Normal(x.new_zeros(d), x.new_ones(d)).to_event(1)
+            )  # [batch, d]; the guide's value is [K, batch, d] when y is enumerated
+            z1_loc, z1_scale = self.z1_decoder(z2, self.one_hot_y(y, x))  # [(K,) batch, d]
+            z1 = pyro.sample("z1", dist.Normal(z1_loc, z1_scale).to_event(1))  # [batch, d]
+            l_loc, l_scale = self.library_prior(batch)
+            l = pyro.sample("l", dist.LogNormal(l_loc, l_scale).expand([n_cells]))  # [batch]
+            rho, zi_logits = self.x_decoder(z1, *batch_onehot)  # [batch, G] each
+            mean = l.unsqueeze(-1) * rho  # [batch, G]
+            pyro.sample("x", ZINB(mean, theta, zi_logits).to_event(1), obs=x)
+            if y is not None and y.dim() == 1:
+                # Labelled cells: + α log q(y | z₁), so that the classifier learns from labels.
+                log_q_y = dist.Categorical(logits=self.classifier(z1)).log_prob(y)  # [batch]
+                pyro.factor("classification", self.config.alpha * log_q_y)
+
+    # ------------------------------------------------------------------ guide
+    @config_enumerate(default="parallel")
+    def guide(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, batch: torch.Tensor | None = None
+    ) -> None:
+        """q(z₁ | x) q(l | x) q(y | z₁) q(z₂ | z₁, y); y is enumerated when not given."""
+        pyro.module("pyro_scvae", self)
+        log_x = torch.log1p(x)  # [batch, G]
+        batch_onehot = self.batch_inputs(x, batch)
+        with pyro.plate("cells", x.shape[0]):
+            z1_loc, z1_scale = self.z1_encoder(log_x, *batch_onehot)  # [batch, d]
+            z1 = pyro.sample("z1", dist.Normal(z1_loc, z1_scale).to_event(1))  # [batch, d]
+            l_loc, l_scale = self.library_encoder(log_x, *batch_onehot)  # [batch, 1]
+            pyro.sample("l", dist.LogNormal(l_loc.squeeze(-1), l_scale.squeeze(-1)))  # [batch]
+            if y is None:
+                y = pyro.sample("y", dist.Categorical(logits=self.classifier(z1)))  # [K, 1]
+            z2_loc, z2_scale = self.z2_encoder(z1, self.one_hot_y(y, x))  # [(K,) batch, d]
+            pyro.sample("z2", dist.Normal(z2_loc, z2_scale).to_event(1))  # [(K,) batch, d]
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def encode(
+        self, x: torch.Tensor, batch: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean of z₁ and the class probabilities q(y | z₁) at that mean."""
+        z1_loc, _ = self.z1_encoder(torch.log1p(x), *self.batch_inputs(x, batch))  # [batch, d]
+        return z1_loc, torch.softmax(self.classifier(z1_loc), dim=-1)  # [batch, d], [batch, K]

@@ -1,0 +1,107 @@
+"""Semi-supervised training with ``SVI`` and ``TraceEnum_ELBO``.
+
+Labelled minibatches call ``svi.step(x, y, batch)`` and unlabelled ones
+``svi.step(x, None, batch)``; y is enumerated in the second case. The loss of a
+minibatch is minus its summed ELBO, so every cell weighs the same whichever kind of
+minibatch it falls in; the history reports the ELBO per cell.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.optim import ClippedAdam
+from tqdm.auto import tqdm
+
+from pyro_scvae.data import CellData, minibatches
+from pyro_scvae.model import HierarchicalVAE
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of one training run (the CLI flags mirror them).
+
+    Parameters
+    ----------
+    epochs
+        Passes over the training cells.
+    batch_size
+        Cells per minibatch.
+    lr
+        Learning rate of Adam.
+    seed
+        Seeds minibatch order and every sample drawn in training.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    progress
+        Show a progress bar with the current ELBO.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class History:
+    """What training recorded, one entry per epoch."""
+
+    elbo: list[float] = field(default_factory=list)  # mean ELBO per cell (incl. α term)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def make_svi(vae: HierarchicalVAE, lr: float) -> SVI:
+    """SVI on the model and the enumerated guide with the exact sum over y."""
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    return SVI(vae.model, vae.guide, ClippedAdam({"lr": lr, "clip_norm": 100.0}), loss=elbo)
+
+
+def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> History:
+    """Fit ``vae`` to ``data`` in place; returns the per-epoch history.
+
+    Parameters live in a private Pyro parameter store for the duration of the run, so
+    training one model never disturbs another.
+    """
+    device = resolve_device(config.device)
+    pyro.set_rng_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    vae.to(device).train()
+    history = History()
+    with pyro.get_param_store().scope(), warnings.catch_warnings():
+        # Labelled minibatches observe y, so they have nothing to enumerate: expected.
+        warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites", UserWarning)
+        svi = make_svi(vae, config.lr)
+        epochs = tqdm(
+            range(config.epochs), desc="training", unit="epoch", disable=not config.progress
+        )
+        for _ in epochs:
+            start = time.perf_counter()
+            total_loss = 0.0
+            for index, labelled in minibatches(data.labels, config.batch_size, rng):
+                total_loss += svi.step(*data.tensors(index, device, labelled))
+            history.epoch_seconds.append(time.perf_counter() - start)
+            history.elbo.append(-total_loss / data.n_cells)
+            epochs.set_postfix(elbo=f"{history.elbo[-1]:.1f}")
+    vae.eval()
+    return history
