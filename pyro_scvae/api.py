@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from pyro_scvae.data import (
     CellData,
     InputError,
+    PyroSCVAEWarning,
     count_matrix,
     encode_labels,
     library_prior,
@@ -97,6 +98,7 @@ class PyroSCVAE:
         if (totals == 0).any():
             warnings.warn(
                 f"{int((totals == 0).sum())} cells have zero counts; they are left out of training",
+                PyroSCVAEWarning,
                 stacklevel=2,
             )
         self.data = CellData(counts, labels, batches)
@@ -108,9 +110,15 @@ class PyroSCVAE:
             n_batches,
         )
         self.config = ModelConfig(
-            n_genes=counts.shape[1], n_classes=len(self.classes), n_batches=n_batches,
-            n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout=dropout, alpha=alpha,
-        )  # fmt: skip
+            n_genes=counts.shape[1],
+            n_classes=len(self.classes),
+            n_batches=n_batches,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout=dropout,
+            alpha=alpha,
+        )
         if class_prior not in ("uniform", "frequencies"):
             raise InputError(f"class_prior must be 'uniform' or 'frequencies', not {class_prior!r}")
         prior = None
@@ -183,6 +191,7 @@ class PyroSCVAE:
             warnings.warn(
                 f"{int(unknown.sum())} cells belong to batches the model was not trained on; "
                 f"they are treated as batch '{self.batch_categories[0]}'",
+                PyroSCVAEWarning,
                 stacklevel=3,
             )
         return np.array([index.get(v, 0) for v in values], dtype=np.int64)
@@ -213,9 +222,13 @@ class PyroSCVAE:
         seed = self.seed if seed is None else seed
         epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
         self.training_config = TrainingConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
             progress=progress,
-        )  # fmt: skip
+        )
         labels = self.data.labels.copy()
         self.validation_cells = self._validation_split(labels, validation_fraction, seed)
         labels[self.validation_cells] = -1
@@ -357,7 +370,10 @@ class PyroSCVAE:
         state = load_file(directory / WEIGHTS_FILE)
         n_library = state["library_loc"].shape[0]
         self.module = HierarchicalVAE(
-            self.config, torch.zeros(n_library), torch.ones(n_library), torch.ones(len(self.classes))
+            self.config,
+            torch.zeros(n_library),
+            torch.ones(n_library),
+            torch.ones(len(self.classes)),
         )
         self.module.load_state_dict(state)
         self.module.to(resolve_device(device)).eval()
@@ -386,6 +402,7 @@ def match_genes(
         warnings.warn(
             f"{len(model_genes) - len(found)} of the model's {len(model_genes)} genes are "
             "missing from the data and are treated as zero counts",
+            PyroSCVAEWarning,
             stacklevel=3,
         )
     rows, cols = zip(*found)

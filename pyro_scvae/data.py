@@ -21,6 +21,10 @@ class InputError(ValueError):
     """The input data or an option is unusable; the message tells the user what to do."""
 
 
+class PyroSCVAEWarning(UserWarning):
+    """Something about the input the user should know (dropped cells, missing genes)."""
+
+
 def load_pbmc68k_counts() -> ad.AnnData:
     """scanpy's ``pbmc68k_reduced`` (700 cells × 765 genes) with its exact integer counts.
 

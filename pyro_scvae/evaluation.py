@@ -29,7 +29,9 @@ def classification_metrics(
     metrics = {
         "n_cells": int(len(truth)),
         "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(truth, predicted, labels=classes, average="macro", zero_division=0)
+        ),
         "weighted_f1": float(
             f1_score(truth, predicted, labels=classes, average="weighted", zero_division=0)
         ),
@@ -71,8 +73,15 @@ def plot_confusion(
     labels = sorted(set(truth) | set(predicted))
     fig, ax = plt.subplots(figsize=(0.55 * len(labels) + 3, 0.55 * len(labels) + 2.5))
     ConfusionMatrixDisplay.from_predictions(
-        truth, predicted, labels=labels, normalize="true", ax=ax, values_format=".2f",
-        xticks_rotation=90, colorbar=False, cmap="Blues",
+        truth,
+        predicted,
+        labels=labels,
+        normalize="true",
+        ax=ax,
+        values_format=".2f",
+        xticks_rotation=90,
+        colorbar=False,
+        cmap="Blues",
     )
     ax.set(title=title or "Confusion matrix (fraction of each true type)")
     ax.set_xlabel("predicted type")
@@ -81,7 +90,9 @@ def plot_confusion(
 
 
 def plot_embedding(
-    coordinates: np.ndarray, colour_by: Sequence[str], path: str | Path | None = None,
+    coordinates: np.ndarray,
+    colour_by: Sequence[str],
+    path: str | Path | None = None,
     title: str = "UMAP of the latent z₁",
 ) -> plt.Figure:
     """A 2-D embedding of the cells coloured by a categorical annotation, with a legend."""

@@ -19,7 +19,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from pyro_scvae.data import CellData, minibatches
+from pyro_scvae.data import CellData, InputError, minibatches
 from pyro_scvae.model import HierarchicalVAE
 
 
@@ -67,7 +67,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA GPU is available")
+        raise InputError("--device cuda was requested but no CUDA GPU is available")
     return torch.device(device)
 
 

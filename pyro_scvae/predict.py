@@ -1,0 +1,75 @@
+"""``python -m pyro_scvae.predict``: annotate new cells with a saved model, without retraining.
+
+Genes are matched by name: genes the model needs but the data lack count as zero (with
+a warning that says how many); too few shared genes is an error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pyro_scvae import cli
+from pyro_scvae.api import PyroSCVAE
+from pyro_scvae.data import count_matrix
+from pyro_scvae.fit import annotate_and_write, drop_empty_cells
+
+
+def build_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog="python -m pyro_scvae.predict",
+        description="Annotate the cells of an .h5ad file with a model saved by "
+        "pyro_scvae.fit (its --out folder contains model/).",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="DIR",
+        required=True,
+        help="a saved model folder (e.g. pyro_scvae_out/model)",
+    )
+    parser.add_argument("--adata", metavar="PATH", required=True, help=".h5ad file of raw counts")
+    parser.add_argument("--layer", help="layer holding the raw counts (default: the model's)")
+    parser.add_argument(
+        "--min-confidence",
+        type=cli.probability,
+        default=0.0,
+        help="calls below this confidence become 'Unassigned' (default: 0)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default="pyro_scvae_predictions",
+        help="output folder (default: ./pyro_scvae_predictions)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to run the model (default: auto)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    return parser
+
+
+def run(args) -> None:
+    model = PyroSCVAE.load(args.model, device=args.device)
+    if args.layer is not None:
+        model.setup["layer"] = args.layer
+    adata = cli.read_adata(args.adata)
+    count_matrix(adata, model.setup["layer"])
+    adata = drop_empty_cells(adata, model.setup["layer"])
+    settings = cli.json_ready({**vars(args), "classes": model.classes})
+    with cli.atomic_output_dir(args.out) as out:
+        annotate_and_write(model, adata, settings, out, args.min_confidence)
+    if not args.quiet:
+        counts = adata.obs["pyro_scvae_prediction"].value_counts()
+        print(f"annotated {adata.n_obs} cells; outputs written to {args.out}/")
+        print(counts.to_string())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return cli.run_cli(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

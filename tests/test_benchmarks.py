@@ -1,0 +1,90 @@
+"""The benchmark harness (benchmarks/) runs end to end on a tiny subset, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pyro_scvae import load_pbmc68k_counts
+
+# benchmarks/ is not an installed package: import it from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import run
+from benchmarks.metrics import expected_calibration_error, score
+from benchmarks.tasks import TASKS, TASKS_NEEDING_DATA, build_task, data_available
+from benchmarks.tasks import load_pbmc68k_counts as benchmark_loader
+
+METHODS = ["logreg", "knn", "pyro_scvae"]
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_on_tiny_t4(tmp_path):
+    """Quick mode's code path (child processes, metrics, throughput, report) on 200 cells."""
+    argv = ["--quick", "--tasks", "T4", "--methods", *METHODS, "--seeds", "0"]
+    argv += ["--max-cells", "200", "--epochs", "2", "--out", str(tmp_path)]
+    argv += ["--throughput-reps", "1", "--throughput-epochs", "2"]
+    run.main(argv)
+
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    runs = results["runs"]
+    assert {(r["task"], r["method"]) for r in runs} == {("T4", m) for m in METHODS}
+    for record in runs:
+        assert record["status"] == "ok", record.get("traceback")
+        for key in ("accuracy", "macro_f1", "weighted_f1", "ece", *record["per_class_f1"]):
+            value = record.get(key, record["per_class_f1"].get(key))
+            assert 0.0 <= value <= 1.0, (record["method"], key, value)
+        assert record["train_s"] > 0 and record["predict_s"] >= 0 and record["peak_rss_mb"] > 0
+        assert f"| T4 | {record['method']} |" in markdown
+    logreg = next(r for r in runs if r["method"] == "logreg")
+    assert logreg["accuracy"] > 0.6  # 10 classes, the largest is about a third of the cells
+    assert {r["method"] for r in results["throughput"] if r["status"] == "ok"} == {
+        "pyro_scvae",
+        "scanvi",
+    }
+    assert results["meta"]["machine"]["logical_cores"] >= 1
+    assert "## Throughput" in markdown and "## Targets" in markdown
+
+
+def test_metrics_on_known_values():
+    proba = pd.DataFrame([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.1, 0.8]], columns=list("abz"))
+    scores = score(["a", "a", "b"], proba)
+    assert scores["accuracy"] == pytest.approx(1 / 3)
+    assert scores["per_class_f1"] == pytest.approx({"a": 2 / 3, "b": 0.0})  # "z" is an error
+    assert scores["macro_f1"] == pytest.approx(1 / 3)
+    assert expected_calibration_error(np.ones(4), np.zeros(4)) == pytest.approx(1.0)
+    assert expected_calibration_error(np.full(4, 0.5), np.array([1, 0, 1, 0])) == 0.0
+
+
+def test_t4_counts_match_the_package_loader():
+    ours, theirs = benchmark_loader(), load_pbmc68k_counts()
+    assert ours.shape == theirs.shape == (700, 765)
+    assert (ours.X != theirs.X).nnz == 0
+    assert list(ours.var_names) == list(theirs.var_names)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_structure(name):
+    if name in TASKS_NEEDING_DATA and not data_available():
+        pytest.skip("../shared/data is absent (the shared data folder is not beside the repo)")
+    adata = build_task(name, seed=0).adata
+    counts = adata.X.data
+    assert np.all(counts == np.round(counts)) and counts.min() >= 0
+    is_query = adata.obs["is_query"].to_numpy(dtype=bool)
+    assert 0 < is_query.sum() < adata.n_obs
+    train_labels = set(adata.obs["label"][~is_query])
+    query_labels = set(adata.obs["label"][is_query])
+    assert query_labels <= train_labels
+    if name.startswith("T1"):
+        assert adata.obs.loc[is_query, "batch"].nunique() == 1
+    if name == "T2":
+        assert train_labels == {"B", "T_CD4", "T_CD8", "Mono", "NK"}
+        assert set(adata.obs["batch"]) == {"scMINER", "symphony"}
+    if name == "T3":
+        assert "Unknown" in query_labels

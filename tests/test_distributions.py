@@ -1,0 +1,92 @@
+"""The ZINB adapter gives scvi's log-probabilities and works inside Pyro plates."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO, config_enumerate
+from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+
+from pyro_scvae.distributions import ZINB
+
+
+def random_parameters(shape, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.rand(shape, generator=gen, dtype=torch.float64) * 20 + 0.01
+    theta = torch.rand(shape[-1:], generator=gen, dtype=torch.float64) * 5 + 0.1
+    zi_logits = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+    x = torch.poisson(mu * torch.rand(shape, generator=gen, dtype=torch.float64) * 2)
+    return mu, theta, zi_logits, x
+
+
+def test_log_prob_equals_scvi():
+    mu, theta, zi_logits, x = random_parameters((50, 30))
+    ours = ZINB(mu, theta, zi_logits).log_prob(x)
+    scvi = ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi_logits).log_prob(x)
+    assert ours.shape == (50, 30)
+    assert torch.equal(ours, scvi)
+
+
+def test_gate_to_zero_is_negative_binomial():
+    mu, theta, _, x = random_parameters((20, 10), seed=1)
+    closed_gate = torch.full_like(mu, -40.0)  # sigmoid(-40) ≈ 4e-18
+    zinb = ZINB(mu, theta, closed_gate).log_prob(x)
+    nb = NegativeBinomial(mu=mu, theta=theta).log_prob(x)
+    torch_nb = dist.NegativeBinomial(total_count=theta, logits=(mu / theta).log()).log_prob(x)
+    torch.testing.assert_close(zinb, nb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(zinb, torch_nb, rtol=1e-6, atol=1e-6)
+
+
+def test_gate_to_one_puts_all_mass_at_zero():
+    mu, theta, _, _ = random_parameters((20, 10), seed=2)
+    open_gate = torch.full_like(mu, 40.0)
+    d = ZINB(mu, theta, open_gate)
+    assert torch.allclose(d.log_prob(torch.zeros_like(mu)).exp(), torch.ones_like(mu))
+    assert (d.log_prob(torch.ones_like(mu)) < -30).all()
+    assert (d.log_prob(torch.full_like(mu, 7.0)) < -30).all()
+
+
+def test_probabilities_sum_to_one():
+    mu, theta, zi_logits, _ = random_parameters((4, 3), seed=3)
+    support = torch.arange(2000, dtype=torch.float64).reshape(-1, 1, 1)
+    total = ZINB(mu, theta, zi_logits).log_prob(support).exp().sum(0)
+    torch.testing.assert_close(total, torch.ones_like(total), rtol=1e-6, atol=1e-6)
+
+
+def test_batch_shape_expand_and_to_event():
+    mu, theta, zi_logits, x = random_parameters((8, 5))
+    d = ZINB(mu, theta, zi_logits)
+    assert d.batch_shape == (8, 5) and d.event_shape == ()
+    assert d.to_event(1).batch_shape == (8,) and d.to_event(1).event_shape == (5,)
+    expanded = d.expand((3, 8, 5))
+    assert expanded.batch_shape == (3, 8, 5)
+    torch.testing.assert_close(expanded.log_prob(x)[2], d.log_prob(x))
+    assert ZINB(mu[0], theta, zi_logits[0]).expand((8, 5)).log_prob(x).shape == (8, 5)
+
+
+def test_shapes_under_plate_and_enumeration():
+    """x depends on an enumerated variable: its log_prob gains the leading K dimension."""
+    mu, theta, zi_logits, x = random_parameters((6, 4))
+    k = 3
+    scales = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+
+    def model():
+        with pyro.plate("cells", 6):
+            c = pyro.sample(
+                "c", dist.Categorical(torch.ones(k, dtype=torch.float64) / k)
+            )  # [K, 1] enumerated
+            mean = scales[c].unsqueeze(-1) * mu  # [K, 6, 4]
+            pyro.sample("x", ZINB(mean, theta, zi_logits).to_event(1), obs=x)
+
+    trace = poutine.trace(poutine.enum(config_enumerate(model), first_available_dim=-2)).get_trace()
+    trace.compute_log_prob()
+    assert trace.nodes["c"]["value"].shape == (k, 1)
+    assert trace.nodes["x"]["log_prob"].shape == (k, 6)
+    # and TraceEnum_ELBO sums c out exactly: loss = -Σ_cells log Σ_c p(c) p(x|c)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(config_enumerate(model), lambda: None)
+    per_c = torch.stack([ZINB(s * mu, theta, zi_logits).log_prob(x).sum(-1) for s in scales])
+    expected = -(torch.logsumexp(per_c, 0) - torch.log(torch.tensor(k / 1.0))).sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-7)

@@ -1,0 +1,167 @@
+"""Pyro's TraceEnum_ELBO equals the hand-derived ELBO of MODEL.md: exactly and in expectation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
+from torch.distributions import Normal, kl_divergence
+
+from pyro_scvae.elbo import elbo_terms, hand_derived_elbo
+from pyro_scvae.model import HierarchicalVAE, ModelConfig
+
+N_GENES, N_CLASSES, N_CELLS = 25, 4, 12
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def make_vae(n_batches: int, seed: int = 0) -> HierarchicalVAE:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        N_GENES, N_CLASSES, n_batches=n_batches, n_latent=4, n_hidden=16, dropout=0.0, alpha=7.5
+    )
+    n_library = max(n_batches, 1)
+    vae = HierarchicalVAE(
+        config,
+        library_loc=torch.linspace(4.0, 5.0, n_library),
+        library_scale=torch.linspace(0.6, 0.9, n_library),
+        class_prior=torch.tensor([0.1, 0.2, 0.3, 0.4]),
+    )
+    # Perturb every parameter so no network is at a symmetric initial point.
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return vae
+
+
+def make_batch(n_batches: int, labelled: bool, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(N_CELLS, N_GENES, generator=gen) * 8)
+    y = torch.randint(N_CLASSES, (N_CELLS,), generator=gen) if labelled else None
+    batch = torch.randint(n_batches, (N_CELLS,), generator=gen) if n_batches else None
+    return x, y, batch
+
+
+def guide_samples(vae, x, y, batch) -> poutine.Trace:
+    """One draw of z₁, l and z₂ from the enumerated guide (z₂ once per value of y)."""
+    trace = poutine.trace(poutine.enum(vae.guide, first_available_dim=-2)).get_trace(x, y, batch)
+    for name in list(trace.nodes):
+        if name not in ("z1", "l", "z2"):
+            trace.remove_node(name)
+    return trace
+
+
+def pyro_and_hand(vae, x, y, batch):
+    """TraceEnum_ELBO's loss and the hand-derived ELBO on the same sampled z₁, l, z₂."""
+    trace = guide_samples(vae, x, y, batch)
+    replayed_guide = poutine.replay(vae.guide, trace=trace)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        vae.model, replayed_guide, x, y, batch
+    )
+    values = [trace.nodes[name]["value"] for name in ("z1", "l", "z2")]
+    return loss, hand_derived_elbo(vae, x, *values, y, batch), values
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+@pytest.mark.parametrize("labelled", [False, True], ids=["unlabelled", "labelled"])
+@pytest.mark.parametrize("n_batches", [0, 3], ids=["no-batch", "batch"])
+def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches):
+    vae = make_vae(n_batches)
+    x, y, batch = make_batch(n_batches, labelled)
+    loss, elbo, (z1, l, z2) = pyro_and_hand(vae, x, y, batch)
+
+    assert z2.shape == ((N_CELLS, 4) if labelled else (N_CLASSES, N_CELLS, 4))
+    assert abs(loss.item() + elbo.item()) <= 1e-5 * abs(elbo.item())
+
+    params = list(vae.parameters())
+    pyro_grads = torch.autograd.grad(loss, params, retain_graph=True)
+    hand_grads = torch.autograd.grad(-elbo, params)
+    for p_grad, h_grad in zip(pyro_grads, hand_grads):
+        assert h_grad.abs().max() > 0 or p_grad.abs().max() == 0
+        scale = h_grad.abs().max().clamp_min(1e-8)
+        assert (p_grad - h_grad).abs().max() <= 1e-4 * scale
+    # every network receives a gradient (nothing is silently disconnected)
+    grads = dict(zip((n for n, _ in vae.named_parameters()), hand_grads))
+    for prefix in (
+        "z1_encoder",
+        "library_encoder",
+        "classifier",
+        "z2_encoder",
+        "z1_decoder",
+        "x_decoder",
+        "log_theta",
+    ):
+        assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix)), prefix
+
+
+def test_classification_term_is_alpha_log_q_y():
+    vae = make_vae(0)
+    x, y, _ = make_batch(0, labelled=True)
+    trace = guide_samples(vae, x, y, None)
+    z1 = trace.nodes["z1"]["value"]
+    terms = elbo_terms(vae, x, z1, trace.nodes["l"]["value"], trace.nodes["z2"]["value"], y)
+    log_q = torch.log_softmax(vae.classifier(z1), -1).gather(-1, y[:, None]).squeeze(-1)
+    torch.testing.assert_close(terms["classification"], 7.5 * log_q)
+    torch.testing.assert_close(terms["y"], vae.class_log_prior[y])
+
+
+def test_enumeration_shapes():
+    vae = make_vae(0)
+    x, _, _ = make_batch(0, labelled=False)
+    guide_trace = poutine.trace(poutine.enum(vae.guide, first_available_dim=-2)).get_trace(x)
+    assert guide_trace.nodes["y"]["value"].shape == (N_CLASSES, 1)
+    assert guide_trace.nodes["z1"]["value"].shape == (N_CELLS, 4)
+    assert guide_trace.nodes["z2"]["value"].shape == (N_CLASSES, N_CELLS, 4)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    model_trace.compute_log_prob()
+    assert model_trace.nodes["z1"]["log_prob"].shape == (N_CLASSES, N_CELLS)
+    assert model_trace.nodes["x"]["log_prob"].shape == (N_CELLS,)
+
+
+def test_agreement_in_expectation():
+    """Independent Monte Carlo estimates (1 particle each) agree within their error."""
+    torch.manual_seed(3)
+    vae = make_vae(0)
+    x, _, _ = make_batch(0, labelled=False)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    n = 300
+    with torch.no_grad():
+        pyro_estimates = torch.tensor([-elbo.loss(vae.model, vae.guide, x) for _ in range(n)])
+        hand_estimates = torch.tensor(
+            [hand_derived_elbo(vae, x, *guide_samples_values(vae, x)) for _ in range(n)]
+        )
+    difference = pyro_estimates.mean() - hand_estimates.mean()
+    standard_error = (pyro_estimates.var() / n + hand_estimates.var() / n).sqrt()
+    assert standard_error > 0
+    assert standard_error < 0.01 * hand_estimates.mean().abs()  # the comparison is sharp
+    assert difference.abs() < 4 * standard_error
+
+
+def guide_samples_values(vae, x):
+    trace = guide_samples(vae, x, None, None)
+    return [trace.nodes[name]["value"] for name in ("z1", "l", "z2")]
+
+
+def test_library_term_is_closed_form_lognormal_kl():
+    """Term 4 in expectation is −KL(q(l|x) ‖ p(l)); KL of log-normals = KL of the normals."""
+    torch.manual_seed(4)
+    vae = make_vae(0)
+    x, _, _ = make_batch(0, labelled=False)
+    n = 4000
+    with torch.no_grad():
+        draws = torch.stack(
+            [elbo_terms(vae, x, *guide_samples_values(vae, x))["library"] for _ in range(n)]
+        )  # [n, cells]
+        q_loc, q_scale = vae.library_encoder(torch.log1p(x))
+        closed_form = kl_divergence(
+            Normal(q_loc.squeeze(-1), q_scale.squeeze(-1)),
+            Normal(vae.library_loc[0], vae.library_scale[0]),
+        )  # [cells]
+    standard_error = draws.std(0) / n**0.5
+    assert torch.all((draws.mean(0) + closed_form).abs() < 4 * standard_error + 1e-6)
