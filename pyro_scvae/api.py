@@ -28,12 +28,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pyro_scvae.data import (
+    BackedCounts,
     CellData,
     InputError,
     PyroSCVAEWarning,
     count_matrix,
     encode_labels,
+    gene_selection,
     library_prior,
+    take_rows,
 )
 from pyro_scvae.evaluation import classification_metrics
 from pyro_scvae.model import HierarchicalVAE, ModelConfig
@@ -56,7 +59,10 @@ class PyroSCVAE:
     Parameters
     ----------
     adata
-        Raw counts, registered with :meth:`setup_anndata`.
+        Raw counts, registered with :meth:`setup_anndata`. An AnnData opened with
+        ``anndata.read_h5ad(path, backed="r")`` (or one subset of it, e.g.
+        ``adata[:, genes]``) keeps ``.X`` on disk: training reads the rows of each
+        minibatch from the file and every full pass goes in chunks.
     n_latent, n_hidden, n_layers, dropout, alpha
         Architecture and classification weight, see :class:`~pyro_scvae.model.ModelConfig`.
     class_prior
@@ -105,7 +111,7 @@ class PyroSCVAE:
         self.training_cells = np.flatnonzero(totals > 0)
         n_batches = len(self.batch_categories)
         loc, scale = library_prior(
-            counts[self.training_cells],
+            take_rows(counts, self.training_cells),
             None if batches is None else batches[self.training_cells],
             n_batches,
         )
@@ -134,6 +140,7 @@ class PyroSCVAE:
         self.validation_cells = np.array([], dtype=np.int64)
         self.validation_metrics: dict | None = None
         self.train_seconds: float | None = None
+        self.distributed_run = None  # a DistributedRun after training through Lightning
 
     # ------------------------------------------------------------------ set-up
     @staticmethod
@@ -206,6 +213,9 @@ class PyroSCVAE:
         device: str = "auto",
         validation_fraction: float = 0.0,
         progress: bool = True,
+        devices: int = 1,
+        accelerator: str = "auto",
+        num_nodes: int = 1,
     ) -> PyroSCVAE:
         """Train on all cells: labelled ones with their label, the others enumerating y.
 
@@ -216,6 +226,13 @@ class PyroSCVAE:
         validation_fraction
             Fraction of the labelled cells whose labels are hidden from training and
             used to report accuracy and F1 (``validation_metrics``).
+        devices, accelerator, num_nodes
+            With ``devices > 1``, ``num_nodes > 1`` or an ``accelerator`` other than
+            ``"auto"`` (``"cpu"`` or ``"gpu"``), training runs through PyTorch Lightning
+            with DDP, one process per device (:mod:`pyro_scvae.distributed`); each
+            optimiser step then averages the gradients of ``devices × num_nodes``
+            minibatches. Otherwise (the default) it runs in this process
+            (:func:`~pyro_scvae.training.train`, on ``device``).
         """
         if not 0.0 <= validation_fraction < 1.0:
             raise InputError("validation_fraction must be in [0, 1)")
@@ -234,9 +251,23 @@ class PyroSCVAE:
         labels[self.validation_cells] = -1
         cells = self.training_cells
         batches = None if self.data.batches is None else self.data.batches[cells]
-        training_data = CellData(self.data.counts[cells], labels[cells], batches)
+        training_data = CellData(take_rows(self.data.counts, cells), labels[cells], batches)
         start = time.perf_counter()
-        self.history = train(self.module, training_data, self.training_config)
+        self.distributed_run = None
+        if devices > 1 or num_nodes > 1 or accelerator != "auto":
+            from pyro_scvae.distributed import train_distributed
+
+            self.distributed_run = train_distributed(
+                self.module,
+                training_data,
+                self.training_config,
+                devices=devices,
+                accelerator=accelerator,
+                num_nodes=num_nodes,
+            )
+            self.history = self.distributed_run.history
+        else:
+            self.history = train(self.module, training_data, self.training_config)
         self.train_seconds = time.perf_counter() - start
         if len(self.validation_cells):
             probabilities = self._probabilities(
@@ -265,13 +296,13 @@ class PyroSCVAE:
 
     # ------------------------------------------------------------------ inference
     def _probabilities(
-        self, counts: sp.csr_matrix, batches: np.ndarray | None, chunk: int = 4096
+        self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int = 4096
     ) -> np.ndarray:
         """q(y | z₁) at the posterior mean of z₁, ``[cells, classes]``."""
         return self._encode(counts, batches, chunk)[1]
 
     def _encode(
-        self, counts: sp.csr_matrix, batches: np.ndarray | None, chunk: int = 4096
+        self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int = 4096
     ) -> tuple[np.ndarray, np.ndarray]:
         device = next(self.module.parameters()).device
         self.module.eval()
@@ -285,7 +316,9 @@ class PyroSCVAE:
             probabilities.append(probs.cpu().numpy())
         return np.concatenate(latent), np.concatenate(probabilities)
 
-    def _query_arrays(self, adata: ad.AnnData | None) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    def _query_arrays(
+        self, adata: ad.AnnData | None
+    ) -> tuple[sp.csr_matrix | BackedCounts, np.ndarray | None]:
         """Counts (genes matched to the model's by name) and batch codes of ``adata``."""
         if adata is None or adata is self.adata:
             return self.data.counts, self.data.batches
@@ -380,12 +413,16 @@ class PyroSCVAE:
         self.validation_cells = np.array([], dtype=np.int64)
         self.validation_metrics = None
         self.train_seconds = None
+        self.distributed_run = None
         return self
 
 
 def match_genes(
-    counts: sp.csr_matrix, genes: pd.Index, model_genes: list[str], min_shared: float = 0.5
-) -> sp.csr_matrix:
+    counts: sp.csr_matrix | BackedCounts,
+    genes: pd.Index,
+    model_genes: list[str],
+    min_shared: float = 0.5,
+) -> sp.csr_matrix | BackedCounts:
     """Reorder the columns of ``counts`` to the model's genes, by name.
 
     Genes the model needs but the data lack are zero (with a warning); fewer than
@@ -405,6 +442,8 @@ def match_genes(
             PyroSCVAEWarning,
             stacklevel=3,
         )
+    if isinstance(counts, BackedCounts):
+        return counts.select_genes(gene_selection(genes, model_genes))  # stays on disk
     rows, cols = zip(*found)
     selection = sp.csr_matrix(
         (np.ones(len(found), np.float32), (rows, cols)), shape=(len(genes), len(model_genes))

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+
+#: Rows per chunk in full passes over a matrix on disk (count checks, totals, HVGs).
+CHUNK_ROWS = 10_000
 
 
 class InputError(ValueError):
@@ -43,8 +48,13 @@ def load_pbmc68k_counts() -> ad.AnnData:
     return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
 
 
-def count_matrix(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix:
+def count_matrix(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix | BackedCounts:
     """The raw counts of ``adata`` (``.X`` or a layer) as float32 CSR, checked.
+
+    For an AnnData opened with ``backed="r"`` (or a subset of one), ``.X`` stays on
+    disk: the result is a :class:`BackedCounts` and the check reads it in chunks of
+    :data:`CHUNK_ROWS` rows. (anndata's backed mode keeps only ``.X`` on disk; layers
+    are in memory and are returned as CSR.)
 
     Raises
     ------
@@ -55,14 +65,259 @@ def count_matrix(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix:
         raise InputError(
             f"layer '{layer}' not found; available layers: {sorted(adata.layers) or 'none'}"
         )
+    if getattr(adata, "isbacked", False) and layer is None:
+        counts = BackedCounts.from_adata(adata)
+        for chunk in counts.chunks():
+            check_counts(chunk.data, where=".X")
+        return counts
     matrix = adata.X if layer is None else adata.layers[layer]
     if matrix is None:
         raise InputError("the AnnData has no .X; pass --layer with the name of the counts layer")
-    if getattr(adata, "isbacked", False) and not sp.issparse(matrix) and layer is None:
-        matrix = matrix[:]
     matrix = sp.csr_matrix(matrix, dtype=np.float32)
     check_counts(matrix.data, where=".X" if layer is None else f"layer '{layer}'")
     return matrix
+
+
+class BackedCounts:
+    """The ``.X`` counts of an ``.h5ad`` file, read from disk a few rows at a time.
+
+    It stands in for the in-memory CSR matrix wherever the package uses one:
+    ``shape``, ``counts[rows]`` for an array of rows or a slice (a float32 CSR of
+    those rows, in the order asked; the file is read in increasing row order),
+    ``counts.sum(axis=...)`` and :meth:`chunks` (full passes in chunks of
+    :data:`CHUNK_ROWS` rows). Memory holds only the rows of one read, never the
+    matrix. It pickles as its file path and reopens the file where it is used (so
+    that ``ddp_spawn`` can send it to other processes).
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file; its ``X`` must be CSR (as anndata writes a CSR matrix)
+        or dense.
+    rows
+        The file rows that make up this matrix, in order (all rows when None).
+    selection
+        ``[file genes, genes]`` 0/1 matrix that picks and orders this matrix's genes
+        from the file's (all genes when None); a column of zeros is a gene the file
+        lacks.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        rows: np.ndarray | None = None,
+        selection: sp.csr_matrix | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.selection = selection
+        self._file: h5py.File | None = None
+        self._x = None
+        x = self._dataset()
+        self.file_shape: tuple[int, int] = tuple(int(n) for n in x.shape)
+        n_rows = self.file_shape[0] if self.rows is None else len(self.rows)
+        n_genes = self.file_shape[1] if selection is None else selection.shape[1]
+        self.shape: tuple[int, int] = (n_rows, n_genes)
+
+    @classmethod
+    def from_adata(cls, adata: ad.AnnData) -> BackedCounts:
+        """The ``.X`` of a backed AnnData, or of a subset (view) of one.
+
+        A view's cells and genes are found in the file by name, so they must be unique.
+        """
+        counts = cls(adata.filename)
+        if not adata.is_view:
+            return counts
+        with h5py.File(adata.filename, "r") as file:
+            obs_names = pd.Index(ad.io.read_elem(file["obs"][file["obs"].attrs["_index"]]))
+            var_names = pd.Index(ad.io.read_elem(file["var"][file["var"].attrs["_index"]]))
+        if not (obs_names.is_unique and var_names.is_unique):
+            raise InputError(
+                "a subset of a backed AnnData needs unique obs_names and var_names "
+                "(call .obs_names_make_unique() / .var_names_make_unique() and rewrite the file)"
+            )
+        rows = obs_names.get_indexer(adata.obs_names)
+        if adata.n_obs == len(obs_names) and np.array_equal(rows, np.arange(len(rows))):
+            rows = None
+        return counts.subset(rows).select_genes(gene_selection(var_names, adata.var_names))
+
+    # ------------------------------------------------------------------ file access
+    def _dataset(self):
+        """``X`` of the open file: anndata's backed sparse dataset, or an h5py dataset."""
+        if self._x is None:
+            self._file = h5py.File(self.path, "r")
+            element = self._file["X"]
+            if isinstance(element, h5py.Dataset):
+                self._x = element
+            else:
+                self._x = ad.io.sparse_dataset(element)
+                if self._x.format != "csr":
+                    raise InputError(
+                        f"{self.path}: .X is stored as {self._x.format.upper()}; reading cells "
+                        "from disk needs CSR (load it, convert with scipy.sparse.csr_matrix "
+                        "and write it again)"
+                    )
+        return self._x
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = state["_x"] = None  # h5py handles do not pickle; reopened on use
+        return state
+
+    def _read_file_rows(self, sorted_rows: np.ndarray) -> sp.csr_matrix:
+        """CSR of the file rows ``sorted_rows`` (increasing, unique), all file genes."""
+        x = self._dataset()
+        if len(sorted_rows) == 0:
+            return sp.csr_matrix((0, self.file_shape[1]), dtype=np.float32)
+        first, last = int(sorted_rows[0]), int(sorted_rows[-1]) + 1
+        if last - first <= 2 * len(sorted_rows):
+            # Dense enough: one contiguous read, then keep the rows asked for.
+            block = sp.csr_matrix(x[first:last], dtype=np.float32)  # [last - first, G_file]
+            return block if last - first == len(sorted_rows) else block[sorted_rows - first]
+        return sp.csr_matrix(x[sorted_rows], dtype=np.float32)  # [rows, G_file]
+
+    # ------------------------------------------------------------------ matrix-like
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray | slice) -> sp.csr_matrix:
+        """Rows ``index`` (array or slice) as float32 CSR ``[rows, genes]``, in that order."""
+        if isinstance(index, slice):
+            positions = np.arange(*index.indices(self.shape[0]))
+        else:
+            positions = np.asarray(index, dtype=np.int64).reshape(-1)
+            if positions.dtype == bool:
+                positions = np.flatnonzero(positions)
+        file_rows = positions if self.rows is None else self.rows[positions]
+        unique, inverse = np.unique(file_rows, return_inverse=True)
+        block = self._read_file_rows(unique)  # [unique rows, G_file]
+        if len(unique) != len(file_rows) or not np.array_equal(unique, file_rows):
+            block = block[inverse]  # [rows, G_file] in the order asked
+        if self.selection is not None:
+            block = block @ self.selection  # [rows, genes]
+        return sp.csr_matrix(block, dtype=np.float32)
+
+    def chunks(self, size: int | None = None) -> Iterator[sp.csr_matrix]:
+        """The matrix in consecutive blocks of ``size`` rows (:data:`CHUNK_ROWS`), CSR each."""
+        size = size or CHUNK_ROWS
+        for start in range(0, self.shape[0], size):
+            yield self[start : start + size]
+
+    def sum(self, axis: int | None = None) -> np.ndarray | float:
+        """Totals as scipy gives them: ``axis=1`` ``[cells, 1]``, ``axis=0`` ``[1, genes]``."""
+        if axis not in (None, 0, 1):
+            raise ValueError(f"axis must be None, 0 or 1, not {axis}")
+        if axis == 1:
+            parts = [np.asarray(chunk.sum(axis=1)) for chunk in self.chunks()]
+            return np.concatenate(parts) if parts else np.zeros((0, 1))  # [cells, 1]
+        totals = np.zeros((1, self.shape[1]))
+        for chunk in self.chunks():
+            totals += chunk.sum(axis=0)  # [1, genes]
+        return totals if axis == 0 else float(totals.sum())
+
+    def subset(self, rows: np.ndarray | None) -> BackedCounts:
+        """The rows ``rows`` of this matrix (positions or a boolean mask), still on disk."""
+        if rows is None:
+            return self
+        rows = np.asarray(rows)
+        positions = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        file_rows = positions if self.rows is None else self.rows[positions]
+        return BackedCounts(self.path, file_rows, self.selection)
+
+    def select_genes(self, selection: sp.csr_matrix | None) -> BackedCounts:
+        """This matrix times ``selection`` ``[genes, new genes]`` (a 0/1 pick of genes)."""
+        if selection is None:
+            return self
+        if self.selection is not None:
+            selection = sp.csr_matrix(self.selection @ selection)
+        return BackedCounts(self.path, self.rows, selection)
+
+
+def gene_selection(genes: pd.Index, wanted: pd.Index | list[str]) -> sp.csr_matrix | None:
+    """``[genes, wanted]`` 0/1 matrix that picks the ``wanted`` genes by name (None if same).
+
+    A wanted gene missing from ``genes`` is a column of zeros.
+    """
+    genes = pd.Index(map(str, genes))
+    wanted = pd.Index(map(str, wanted))
+    if genes.equals(wanted):
+        return None
+    position = genes.get_indexer(wanted)  # [wanted], -1 where absent
+    found = np.flatnonzero(position >= 0)
+    return sp.csr_matrix(
+        (np.ones(len(found), np.float32), (position[found], found)),
+        shape=(len(genes), len(wanted)),
+    )
+
+
+def take_rows(
+    counts: sp.csr_matrix | BackedCounts, rows: np.ndarray
+) -> sp.csr_matrix | BackedCounts:
+    """The rows ``rows`` of ``counts``: a copy in memory, a lazy subset on disk.
+
+    Taking every row in order returns ``counts`` itself (no copy of a large matrix).
+    """
+    if len(rows) == counts.shape[0] and np.array_equal(rows, np.arange(counts.shape[0])):
+        return counts
+    if isinstance(counts, BackedCounts):
+        return counts.subset(rows)
+    return counts[rows]
+
+
+def seurat_v3_genes(
+    counts: sp.csr_matrix | BackedCounts, n_top_genes: int, span: float = 0.3
+) -> np.ndarray:
+    """Highly variable genes by scanpy's ``flavor="seurat_v3"`` (one batch), in chunks.
+
+    The same computation as ``scanpy.pp.highly_variable_genes(..., flavor="seurat_v3")``
+    without a batch key: per-gene mean and variance of the counts, a loess fit of
+    log variance on log mean, and the variance of the counts standardised by the
+    fitted trend and clipped at √n; but it makes two passes over the rows in chunks
+    of :data:`CHUNK_ROWS`, so it also works on a matrix on disk. Returns a boolean
+    mask ``[genes]`` of the ``n_top_genes`` genes with the largest standardised
+    variance.
+    """
+    from skmisc.loess import loess
+
+    n_cells, n_genes = counts.shape
+    chunks = row_chunks(counts)
+    sums, squares = np.zeros(n_genes), np.zeros(n_genes)  # [G] each
+    for chunk in chunks:
+        sums += np.bincount(chunk.indices, weights=chunk.data, minlength=n_genes)
+        squares += np.bincount(
+            chunk.indices, weights=np.square(chunk.data, dtype=np.float64), minlength=n_genes
+        )
+    mean = sums / n_cells  # [G]
+    variance = (squares - n_cells * np.square(mean)) / (n_cells - 1)  # [G], ddof = 1
+    not_const = variance > 0
+    fitted = np.zeros(n_genes)  # [G] log10 of the trend variance
+    model = loess(np.log10(mean[not_const]), np.log10(variance[not_const]), span=span, degree=2)
+    model.fit()
+    fitted[not_const] = model.outputs.fitted_values
+    reg_std = np.sqrt(10**fitted)  # [G]
+    clip = reg_std * np.sqrt(n_cells) + mean  # [G]
+    clipped_sums, clipped_squares = np.zeros(n_genes), np.zeros(n_genes)
+    for chunk in row_chunks(counts):
+        values = np.minimum(chunk.data.astype(np.float64), clip[chunk.indices])  # [nnz]
+        clipped_sums += np.bincount(chunk.indices, weights=values, minlength=n_genes)
+        clipped_squares += np.bincount(chunk.indices, weights=values**2, minlength=n_genes)
+    residual = n_cells * np.square(mean) + clipped_squares - 2 * clipped_sums * mean  # [G]
+    norm_variance = residual / ((n_cells - 1) * np.square(reg_std))  # [G]
+    ranks = np.argsort(np.argsort(-norm_variance))  # [G], 0 = most variable
+    return ranks < n_top_genes
+
+
+def row_chunks(counts: sp.csr_matrix | BackedCounts) -> Iterator[sp.csr_matrix]:
+    """``counts`` in consecutive CSR blocks of :data:`CHUNK_ROWS` rows, in memory or on disk."""
+    if isinstance(counts, BackedCounts):
+        yield from counts.chunks()
+        return
+    for start in range(0, counts.shape[0], CHUNK_ROWS):
+        yield counts[start : start + CHUNK_ROWS]
 
 
 def check_counts(values: np.ndarray, where: str = ".X") -> None:
@@ -106,14 +361,14 @@ class CellData:
     Attributes
     ----------
     counts
-        Raw counts, CSR ``[cells, genes]``.
+        Raw counts, CSR ``[cells, genes]``, or a :class:`BackedCounts` on disk.
     labels
         Class codes ``[cells]``, ``-1`` where unlabelled.
     batches
         Batch codes ``[cells]``, or None without a batch covariate.
     """
 
-    counts: sp.csr_matrix
+    counts: sp.csr_matrix | BackedCounts
     labels: np.ndarray
     batches: np.ndarray | None = None
 
@@ -132,9 +387,12 @@ class CellData:
 
 
 def library_prior(
-    counts: sp.csr_matrix, batches: np.ndarray | None, n_batches: int
+    counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, n_batches: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of log total counts, per batch: the prior p(l)."""
+    """Mean and standard deviation of log total counts, per batch: the prior p(l).
+
+    On disk (:class:`BackedCounts`) the totals are summed in chunks of rows.
+    """
     log_totals = np.log(np.asarray(counts.sum(axis=1)).ravel())  # [cells]
     if batches is None:
         groups = [np.ones(len(log_totals), dtype=bool)]

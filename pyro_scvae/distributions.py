@@ -5,8 +5,10 @@
 ``to_event``, ``expand`` raises, and Pyro rejects its log-probabilities inside a
 plate. :class:`ZINB` is a thin subclass that declares the broadcast shape of its
 parameters as ``batch_shape``, implements ``expand`` and mixes in Pyro's
-``TorchDistributionMixin``. ``log_prob`` is inherited untouched, so every
-log-probability is exactly scvi's.
+``TorchDistributionMixin``. ``log_prob`` calls scvi's own ``log_zinb_positive`` with
+scvi's arguments, so every log-probability is exactly scvi's; it only skips scvi's
+per-call check that the value is an integer (a tenth of a training step), because the
+counts are checked once when the data are loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from scvi.distributions import ZeroInflatedNegativeBinomial
+from scvi.distributions._negative_binomial import log_zinb_positive
 
 
 class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
@@ -41,6 +44,10 @@ class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
         torch.distributions.Distribution.__init__(
             self, batch_shape=self.mu.shape, validate_args=False
         )
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """scvi's log-probability, elementwise: shape ``broadcast(value, batch_shape)``."""
+        return log_zinb_positive(value, self.mu, self.theta, self.zi_logits, eps=1e-08)
 
     def expand(self, batch_shape: torch.Size, _instance: ZINB | None = None) -> ZINB:
         """Broadcast the parameters to ``batch_shape`` (as Pyro's plates and enumeration need)."""

@@ -56,12 +56,11 @@ def elbo_terms(
     """
     k = vae.config.n_classes
     batch_onehot = vae.batch_inputs(x, batch)
-    log_x = torch.log1p(x)  # [batch, G]
 
     # q(z₁|x), q(l|x) and p(l)
-    log_q_z1 = Normal(*vae.z1_encoder(log_x, *batch_onehot)).log_prob(z1).sum(-1)  # [batch]
-    l_loc, l_scale = vae.library_encoder(log_x, *batch_onehot)  # [batch, 1]
-    log_q_l = LogNormal(l_loc.squeeze(-1), l_scale.squeeze(-1)).log_prob(l)  # [batch]
+    z1_loc, z1_scale, l_loc, l_scale = vae.encode_x(x, batch_onehot)
+    log_q_z1 = Normal(z1_loc, z1_scale).log_prob(z1).sum(-1)  # [batch]
+    log_q_l = LogNormal(l_loc, l_scale).log_prob(l)  # [batch]
     log_p_l = LogNormal(*vae.library_prior(batch)).log_prob(l)  # [batch]
 
     # p(x | z₁, l) with scvi's ZINB

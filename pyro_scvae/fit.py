@@ -18,7 +18,14 @@ import scanpy as sc
 
 from pyro_scvae import cli
 from pyro_scvae.api import PyroSCVAE, default_epochs
-from pyro_scvae.data import InputError, PyroSCVAEWarning, count_matrix, load_pbmc68k_counts
+from pyro_scvae.data import (
+    InputError,
+    PyroSCVAEWarning,
+    count_matrix,
+    gene_selection,
+    load_pbmc68k_counts,
+    seurat_v3_genes,
+)
 from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_embedding, umap_coordinates
 
 DEFAULT_LABELS_KEY = "bulk_labels"
@@ -64,6 +71,14 @@ def build_parser() -> cli.ArgumentParser:
     data.add_argument(
         "--query", metavar="PATH", help="a second .h5ad file to annotate with the trained model"
     )
+    data.add_argument(
+        "--backed",
+        action="store_true",
+        help="leave .X of the --adata (and --query) file on disk (anndata backed mode) and "
+        "read the cells of each minibatch from it, for data larger than memory; "
+        "every full pass (count checks, library sizes, highly variable genes) goes in "
+        "chunks. The counts must be in .X, stored CSR",
+    )
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
@@ -92,6 +107,28 @@ def build_parser() -> cli.ArgumentParser:
         help="where to train; auto uses a GPU when present (default: auto)",
     )
     training.add_argument(
+        "--devices",
+        type=cli.positive_int,
+        default=1,
+        help="train with PyTorch Lightning and DDP on this many devices (GPUs, or CPU "
+        "processes with --accelerator cpu) per node; each step averages the gradients "
+        "of one minibatch per device (default: 1, no Lightning)",
+    )
+    training.add_argument(
+        "--accelerator",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="Lightning accelerator for --devices; cpu or gpu also trains through "
+        "Lightning with --devices 1 (default: auto, GPUs when present)",
+    )
+    training.add_argument(
+        "--num-nodes",
+        type=cli.positive_int,
+        default=1,
+        help="machines taking part in DDP training, each running --devices processes; "
+        "see the README for the environment variables (default: 1)",
+    )
+    training.add_argument(
         "--validation-fraction",
         type=cli.fraction,
         default=0.2,
@@ -118,15 +155,54 @@ def build_parser() -> cli.ArgumentParser:
 
 def load_training_data(args) -> tuple[ad.AnnData, str]:
     """The AnnData to train on (checked, genes selected, empty cells dropped) and its labels key."""
+    if args.backed and args.adata is None:
+        raise InputError("--backed needs --adata (the .h5ad file to read from disk)")
+    if args.backed and args.layer is not None:
+        raise InputError(
+            "--backed reads the counts from .X on disk, and anndata loads layers into memory; "
+            "write the counts to .X to use --backed, or leave out --backed"
+        )
     if args.adata is None:
         adata, labels_key = load_pbmc68k_counts(), args.labels_key or DEFAULT_LABELS_KEY
     else:
         if args.labels_key is None:
             raise InputError("--labels-key is required with --adata (the obs column of cell types)")
-        adata, labels_key = cli.read_adata(args.adata), args.labels_key
+        adata, labels_key = cli.read_adata(args.adata, backed=args.backed), args.labels_key
     PyroSCVAE.setup_anndata(adata, labels_key, args.unlabeled_category, args.batch_key, args.layer)
     count_matrix(adata, args.layer)  # checks: integers, finite, non-negative
+    if adata.isbacked:
+        return adata, labels_key  # a subset is taken once, in backed_training_subset
     return drop_empty_cells(adata, args.layer), labels_key
+
+
+def backed_training_subset(adata: ad.AnnData, n_top_genes: int) -> ad.AnnData:
+    """The cells and genes to train on, as one view of a backed AnnData (kept on disk).
+
+    The same choice as :func:`select_genes` then :func:`drop_empty_cells` in memory,
+    with the highly variable genes from :func:`~pyro_scvae.data.seurat_v3_genes` (the
+    seurat_v3 computation in chunks). anndata allows only one level of view of a
+    backed AnnData, so cells and genes are chosen first and the view taken once.
+    Cells with zero counts stay in the annotated outputs but are not trained on.
+    """
+    counts = count_matrix(adata)  # BackedCounts: chunked passes only
+    cells = np.asarray(counts.sum(axis=1)).ravel() > 0  # [cells]
+    if not cells.any():
+        raise InputError("every cell has zero counts")
+    genes = np.ones(adata.n_vars, dtype=bool)  # [genes]
+    if 0 < n_top_genes < adata.n_vars:
+        genes = seurat_v3_genes(counts.subset(cells), n_top_genes)
+        selected = counts.select_genes(gene_selection(adata.var_names, adata.var_names[genes]))
+        cells &= np.asarray(selected.sum(axis=1)).ravel() > 0
+    if not cells.all():
+        warnings.warn(
+            f"{int((~cells).sum())} cells with zero counts (over the genes used) are left out "
+            "of training; they are still annotated",
+            PyroSCVAEWarning,
+            stacklevel=2,
+        )
+    if cells.all() and genes.all():
+        return adata
+    return adata[np.flatnonzero(cells), np.flatnonzero(genes)]
 
 
 def select_genes(adata: ad.AnnData, n_top_genes: int, layer: str | None) -> ad.AnnData:
@@ -156,11 +232,17 @@ def drop_empty_cells(adata: ad.AnnData, layer: str | None) -> ad.AnnData:
 
 def run(args) -> None:
     adata, labels_key = load_training_data(args)
-    training_adata = drop_empty_cells(select_genes(adata, args.n_top_genes, args.layer), args.layer)
+    if adata.isbacked:
+        training_adata = backed_training_subset(adata, args.n_top_genes)
+    else:
+        training_adata = select_genes(adata, args.n_top_genes, args.layer)
+        training_adata = drop_empty_cells(training_adata, args.layer)
     query = None
     if args.query is not None:
-        query = drop_empty_cells(cli.read_adata(args.query), args.layer)
+        query = cli.read_adata(args.query, backed=args.backed)
         count_matrix(query, args.layer)
+        if not query.isbacked:
+            query = drop_empty_cells(query, args.layer)
     model = PyroSCVAE(training_adata, seed=args.seed)
     epochs = args.epochs or default_epochs(training_adata.n_obs)
     model.fit(
@@ -170,7 +252,12 @@ def run(args) -> None:
         device=args.device,
         validation_fraction=args.validation_fraction,
         progress=not args.quiet,
+        devices=args.devices,
+        accelerator=args.accelerator,
+        num_nodes=args.num_nodes,
     )
+    if model.distributed_run is not None and not model.distributed_run.is_global_zero:
+        return  # with DDP processes started by torchrun or SLURM, rank 0 writes the outputs
     settings = cli.json_ready(
         {
             **vars(args),
@@ -219,7 +306,9 @@ def write_outputs(model, adata, training_adata, settings, out: Path, args) -> di
     if model.validation_metrics is not None:
         cells = model.validation_cells
         truth = np.array(model.classes)[model.data.labels[cells]]
-        predicted = model.predict(training_adata[cells])
+        # A backed AnnData allows one level of view: index the file's AnnData by name.
+        validation = adata[training_adata.obs_names[cells]] if adata.isbacked else None
+        predicted = model.predict(validation if adata.isbacked else training_adata[cells])
         plot_confusion(
             truth,
             predicted,

@@ -10,8 +10,8 @@ Generative model (per cell)::
 
 Guide::
 
-    z₁ ~ q(z₁ | x)        z1_encoder on log1p(x)
-    l  ~ q(l | x)         library_encoder on log1p(x)
+    z₁ ~ q(z₁ | x)        x_encoder on log1p(x)
+    l  ~ q(l | x)         x_encoder on log1p(x) (the same hidden layers)
     y  ~ q(y | z₁)        classifier (logits), enumerated in parallel when unobserved
     z₂ ~ q(z₂ | z₁, y)    z2_encoder, once per enumerated value of y
 
@@ -107,8 +107,7 @@ class HierarchicalVAE(nn.Module):
         # θ, the per-gene inverse dispersion of p(x | z₁, l), kept positive through its log.
         self.log_theta = nn.Parameter(torch.zeros(config.n_genes))  # [G]
 
-        self.z1_encoder = GaussianNet(config.n_genes + b, d, hidden, p)
-        self.library_encoder = GaussianNet(config.n_genes + b, 1, hidden, p)
+        self.x_encoder = GaussianNet(config.n_genes + b, d + 1, hidden, p)
         self.classifier = Classifier(d, k, hidden, p)
         self.z2_encoder = GaussianNet(d + k, d, hidden, p)
         self.z1_decoder = GaussianNet(d + k, d, hidden, 0.0)
@@ -126,6 +125,14 @@ class HierarchicalVAE(nn.Module):
         if self.config.n_batches == 0:
             return self.library_loc[0], self.library_scale[0]
         return self.library_loc[batch], self.library_scale[batch]  # [batch] each
+
+    def encode_x(
+        self, x: torch.Tensor, batch_onehot: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Parameters of q(z₁|x) (``[batch, d]`` each) and of q(l|x) (``[batch]`` each)."""
+        loc, scale = self.x_encoder(torch.log1p(x), *batch_onehot)  # [batch, d + 1] each
+        d = self.config.n_latent
+        return loc[..., :d], scale[..., :d], loc[..., d], scale[..., d]
 
     def one_hot_y(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return one_hot(y, self.config.n_classes).to(like.dtype)  # [batch, K] or [K, 1, K]
@@ -165,13 +172,10 @@ class HierarchicalVAE(nn.Module):
     ) -> None:
         """q(z₁ | x) q(l | x) q(y | z₁) q(z₂ | z₁, y); y is enumerated when not given."""
         pyro.module("pyro_scvae", self)
-        log_x = torch.log1p(x)  # [batch, G]
-        batch_onehot = self.batch_inputs(x, batch)
+        z1_loc, z1_scale, l_loc, l_scale = self.encode_x(x, self.batch_inputs(x, batch))
         with pyro.plate("cells", x.shape[0]):
-            z1_loc, z1_scale = self.z1_encoder(log_x, *batch_onehot)  # [batch, d]
             z1 = pyro.sample("z1", dist.Normal(z1_loc, z1_scale).to_event(1))  # [batch, d]
-            l_loc, l_scale = self.library_encoder(log_x, *batch_onehot)  # [batch, 1]
-            pyro.sample("l", dist.LogNormal(l_loc.squeeze(-1), l_scale.squeeze(-1)))  # [batch]
+            pyro.sample("l", dist.LogNormal(l_loc, l_scale))  # [batch]
             if y is None:
                 y = pyro.sample("y", dist.Categorical(logits=self.classifier(z1)))  # [K, 1]
             z2_loc, z2_scale = self.z2_encoder(z1, self.one_hot_y(y, x))  # [(K,) batch, d]
@@ -183,5 +187,5 @@ class HierarchicalVAE(nn.Module):
         self, x: torch.Tensor, batch: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean of z₁ and the class probabilities q(y | z₁) at that mean."""
-        z1_loc, _ = self.z1_encoder(torch.log1p(x), *self.batch_inputs(x, batch))  # [batch, d]
+        z1_loc = self.encode_x(x, self.batch_inputs(x, batch))[0]  # [batch, d]
         return z1_loc, torch.softmax(self.classifier(z1_loc), dim=-1)  # [batch, d], [batch, K]

@@ -5,14 +5,16 @@ Each network is named for the distribution it parameterises (see MODEL.md):
 ==================  ===========================  =========================
 network             distribution                 inputs
 ==================  ===========================  =========================
-``z1_encoder``      q(z₁ | x)       (Normal)      log1p(x) [, batch]
-``library_encoder`` q(l | x)        (LogNormal)   log1p(x) [, batch]
+``x_encoder``       q(z₁ | x) and    (Normal,      log1p(x) [, batch]
+                    q(l | x)         LogNormal)
 ``classifier``      q(y | z₁)       (logits)      z₁
 ``z2_encoder``      q(z₂ | z₁, y)   (Normal)      z₁, one-hot y
 ``z1_decoder``      p(z₁ | z₂, y)   (Normal)      z₂, one-hot y
 ``x_decoder``       p(x | z₁, l)    (ZINB)        z₁ [, batch]
 ==================  ===========================  =========================
 
+q(z₁|x) and q(l|x) share the hidden layers of one encoder (as in Pyro's scANVI
+example): its last layer gives d + 1 locations and scales, d for z₁ and one for log l.
 Hidden layers are Linear → LayerNorm → ReLU → Dropout. LayerNorm acts on each cell
 alone, so the networks behave identically whether or not Pyro has added a leading
 enumeration dimension, and no flattening around batch statistics is needed.
