@@ -1,0 +1,395 @@
+"""Summarise benchmark records into ``results.md`` and ``results.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "ece", "train_s", "predict_s", "peak_rss_mb")
+HEADERS = ("accuracy", "macro-F1", "weighted F1", "ECE", "train s", "predict s", "peak MB")
+DIGITS = {"train_s": 1, "predict_s": 2, "peak_rss_mb": 0}
+BASELINES = ("celltypist", "logreg", "knn")
+SCANVI = ("scanvi_recipe", "scanvi_direct")
+
+METHOD_NOTES = {
+    "pyro_scvae": "package defaults (`PyroSCVAE(adata)`, `fit()`); query cells unlabelled "
+    "(NaN label); `batch` as batch key where the task has one",
+    "scanvi_recipe": "scvi-tools recipe: `SCVI` (default architecture, scvi's epoch heuristic "
+    "or `--epochs`) then `SCANVI.from_scvi_model` (scvi's default fine-tuning epochs, at most "
+    "10); query cells in the unlabelled category `__unlabelled__`; `batch` as batch key",
+    "scanvi_direct": "`SCANVI.setup_anndata` + `SCANVI(adata)` + `train()`, defaults",
+    "celltypist": "`celltypist.train` defaults on log1p CP10k training cells, `annotate` "
+    "without majority voting; probabilities are its own `probability_matrix` (per-class "
+    "sigmoids, rows need not sum to 1); on scikit-learn >= 1.8 its one-vs-rest logistic "
+    "regression is refitted through `OneVsRestClassifier` (scikit-learn removed "
+    "`multi_class='ovr'`, which CellTypist 1.7.1 passes)",
+    "logreg": "`LogisticRegression(max_iter=1000)` on log1p CP10k of training cells",
+    "knn": "15-NN vote on a 50-component PCA of log1p CP10k computed on all cells",
+}
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Format a GitHub-flavoured markdown table.
+
+    Parameters
+    ----------
+    headers
+        Column names.
+    rows
+        Cell values, converted with ``str``.
+
+    Returns
+    -------
+    str
+        The table, one line per row.
+    """
+    lines = ["| " + " | ".join(map(str, headers)) + " |"]
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_sd(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean ± sd"`` (sample sd), or the mean alone for a single value.
+
+    Parameters
+    ----------
+    values
+        Numbers, one per seed or repetition.
+    digits
+        Decimals shown.
+
+    Returns
+    -------
+    str
+        The formatted summary, ``"–"`` when there are no values.
+    """
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {float(np.std(values, ddof=1)):.{digits}f}"
+
+
+def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
+    present = list(dict.fromkeys(values))
+    return [v for v in order if v in present] + [v for v in present if v not in order]
+
+
+def _ok_runs(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame([r for r in runs if r.get("status") == "ok"])
+    return frame if len(frame) else pd.DataFrame(columns=["task", "method", "seed", *METRICS])
+
+
+def summary_rows(
+    runs: Sequence[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str]
+) -> list[list[object]]:
+    """Rows ``task, method, seeds, metric means ± sd`` over the successful runs.
+
+    Parameters
+    ----------
+    runs
+        Run records.
+    tasks, methods
+        Display order.
+
+    Returns
+    -------
+    list of list
+        One row per task and method that has at least one successful run.
+    """
+    frame = _ok_runs(runs)
+    rows = []
+    for task in _ordered(frame["task"], tasks):
+        for method in _ordered(frame.loc[frame["task"] == task, "method"], methods):
+            part = frame[(frame["task"] == task) & (frame["method"] == method)]
+            cells = [mean_sd(part[m].tolist(), DIGITS.get(m, 3)) for m in METRICS]
+            rows.append([task, method, len(part), *cells])
+    return rows
+
+
+def method_means(runs: Sequence[dict[str, Any]], column: str) -> pd.DataFrame:
+    """Mean over seeds of one column, tasks x methods.
+
+    Parameters
+    ----------
+    runs
+        Run records.
+    column
+        A numeric field of the records (``"macro_f1"``, ``"train_s"``...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Tasks as rows, methods as columns.
+    """
+    frame = _ok_runs(runs)
+    if frame.empty:
+        return pd.DataFrame()
+    return frame.pivot_table(index="task", columns="method", values=column, aggfunc="mean")
+
+
+def throughput_rows(records: Sequence[dict[str, Any]]) -> list[list[object]]:
+    """Rows ``batch size, method, fits, cells/s, ratio to SCANVI``.
+
+    Parameters
+    ----------
+    records
+        Throughput records of :func:`benchmarks.throughput.measure_throughput`.
+
+    Returns
+    -------
+    list of list
+        One row per batch size and method.
+    """
+    frame = pd.DataFrame([r for r in records if r.get("status") == "ok"])
+    if frame.empty:
+        return []
+    rows = []
+    for batch_size, part in frame.groupby("batch_size", sort=True):
+        means = part.groupby("method")["cells_per_s"].mean()
+        for method, fits in part.groupby("method", sort=False):
+            ratio = means[method] / means["scanvi"] if "scanvi" in means else float("nan")
+            rows.append(
+                [
+                    batch_size,
+                    method,
+                    len(fits),
+                    int(fits["cells_per_epoch"].iloc[0]),
+                    mean_sd(fits["cells_per_s"].tolist(), 0),
+                    f"{ratio:.2f}×",
+                    ", ".join(sorted(set(fits["timing"]))),
+                ]
+            )
+    return rows
+
+
+def target_lines(runs: Sequence[dict[str, Any]], throughput: Sequence[dict[str, Any]]) -> list[str]:
+    """Check the targets of issue 5 against the measured means.
+
+    Parameters
+    ----------
+    runs
+        Run records.
+    throughput
+        Throughput records.
+
+    Returns
+    -------
+    list of str
+        Markdown bullet lines, each saying met or MISSED with the numbers, or why a target
+        could not be checked.
+    """
+    f1 = method_means(runs, "macro_f1")
+    lines = []
+    if "pyro_scvae" not in f1 or not any(m in f1 for m in SCANVI):
+        lines.append("- macro-F1 ≥ SCANVI on every task: not checked (needs pyro_scvae and SCANVI)")
+    else:
+        scanvi = f1[[m for m in SCANVI if m in f1]].max(axis=1)
+        both = pd.DataFrame({"pyro": f1["pyro_scvae"], "scanvi": scanvi}).dropna()
+        misses = both[both["pyro"] < both["scanvi"]]
+        detail = ", ".join(f"{t}: {r.pyro:.3f} vs {r.scanvi:.3f}" for t, r in both.iterrows())
+        verdict = "met" if misses.empty else f"MISSED on {', '.join(misses.index)}"
+        lines.append(
+            f"- macro-F1 ≥ the better SCANVI variant on every task: **{verdict}** ({detail})"
+        )
+    baselines = [m for m in BASELINES if m in f1]
+    if "pyro_scvae" not in f1 or not baselines:
+        lines.append("- mean macro-F1 ≥ best baseline's: not checked (needs pyro_scvae, baselines)")
+    else:
+        common = f1[["pyro_scvae", *baselines]].dropna()
+        averages = common.mean()
+        best = averages[baselines].idxmax()
+        ok = averages["pyro_scvae"] >= averages[best]
+        lines.append(
+            f"- mean macro-F1 over tasks ≥ the best baseline's: **{'met' if ok else 'MISSED'}** "
+            f"(pyro_scvae {averages['pyro_scvae']:.3f}, {best} {averages[best]:.3f}, "
+            f"over {len(common)} tasks)"
+        )
+    rows = throughput_rows(throughput)
+    ratios = {r[0]: float(r[5].rstrip("×")) for r in rows if r[1] == "pyro_scvae"}
+    if not ratios:
+        lines.append("- training throughput ≥ 1.5× SCANVI's: not checked (no throughput run)")
+    else:
+        ok = all(v >= 1.5 for v in ratios.values())
+        detail = ", ".join(f"batch {b}: {v:.2f}×" for b, v in ratios.items())
+        verdict = "met" if ok else "MISSED"
+        lines.append(f"- training throughput ≥ 1.5× SCANVI's: **{verdict}** ({detail})")
+    train = method_means(runs, "train_s")
+    predict = method_means(runs, "predict_s")
+    if "pyro_scvae" not in train or "scanvi_recipe" not in train:
+        lines.append("- end-to-end time < SCANVI recipe's: not checked (needs both methods)")
+    else:
+        total = (train + predict)[["pyro_scvae", "scanvi_recipe"]].dropna()
+        slower = total[total["pyro_scvae"] >= total["scanvi_recipe"]]
+        detail = ", ".join(
+            f"{t}: {r.pyro_scvae:.1f} s vs {r.scanvi_recipe:.1f} s" for t, r in total.iterrows()
+        )
+        verdict = "met" if slower.empty else f"MISSED on {', '.join(slower.index)}"
+        lines.append(f"- default fit + annotate time < SCANVI recipe's: **{verdict}** ({detail})")
+    return lines
+
+
+def busy_machine_lines(runs: Sequence[dict[str, Any]], cores: int) -> list[str]:
+    """A warning when the 1-minute load average exceeded the core count during the runs.
+
+    Parameters
+    ----------
+    runs
+        Run records (with ``load_avg_start`` and ``load_avg_end``).
+    cores
+        Cores available to the benchmark.
+
+    Returns
+    -------
+    list of str
+        The warning and a blank line, or nothing.
+    """
+    loads = [r.get(k) for r in runs for k in ("load_avg_start", "load_avg_end")]
+    loads = [v for v in loads if v is not None]
+    if not loads or max(loads) <= cores:
+        return []
+    return [
+        f"**Warning: the machine was busy** (1-minute load average up to {max(loads):.1f} on "
+        f"{cores} cores during the runs): times and throughput are inflated and noisy.",
+        "",
+    ]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The whole ``results.md``.
+
+    Parameters
+    ----------
+    results
+        What :func:`benchmarks.run.run_benchmark` returns: ``meta``, ``runs``,
+        ``throughput``.
+
+    Returns
+    -------
+    str
+        Markdown text.
+    """
+    meta, runs = results["meta"], results["runs"]
+    tasks, methods = meta["tasks"], meta["methods"]
+    machine = meta["machine"]
+    out = [
+        "# pyro_scvae benchmark (issue 5)",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}; total wall time {meta.get('wall_s', float('nan')):.0f} s",
+        f"- machine: {machine['cpu']}, {machine['logical_cores']} logical cores "
+        f"({machine['usable_cores']} usable), {machine['memory_gb']} GB memory, "
+        f"{machine['os']}, Python {machine['python']}, torch threads {machine['torch_threads']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- mode: {'quick' if meta['quick'] else 'full'}; seeds {meta['seeds']}; "
+        f"epochs of neural methods: {meta['epochs'] or 'their defaults'}"
+        + (f"; tasks subsampled to ≤ {meta['max_cells']} cells" if meta["max_cells"] else ""),
+        "",
+        "Every (task, method, seed) ran in a fresh child process; metrics use query cells "
+        "only; train s = raw counts to fitted model (preprocessing included), predict s = "
+        "raw query counts to probabilities; peak MB = peak resident set of the child "
+        "process (libraries and data included). Values are mean ± sd over seeds.",
+        "",
+        *busy_machine_lines(runs, machine.get("usable_cores") or machine["logical_cores"]),
+        "## Summary",
+        "",
+        markdown_table(["task", "method", "seeds", *HEADERS], summary_rows(runs, tasks, methods)),
+    ]
+    f1 = method_means(runs, "macro_f1")
+    if not f1.empty:
+        f1 = f1.reindex(index=_ordered(f1.index, tasks), columns=_ordered(f1.columns, methods))
+        rows = [[t, *(f"{v:.3f}" for v in f1.loc[t])] for t in f1.index]
+        rows.append(["mean", *(f"{v:.3f}" for v in f1.mean())])
+        out += ["", "## Macro-F1 by task", "", markdown_table(["task", *f1.columns], rows)]
+    out += ["", "## Targets", ""]
+    if meta["quick"] or meta["max_cells"] or len(meta["seeds"]) < 3:
+        out += ["Indicative only: quick mode, subsampled tasks or fewer than three seeds.", ""]
+    out += target_lines(runs, results.get("throughput", []))
+
+    out += ["", "## Throughput", ""]
+    tp_rows = throughput_rows(results.get("throughput", []))
+    if tp_rows:
+        tp = meta["throughput"]
+        out += [
+            f"Task {tp['task']}, {tp['reps']} fits per method and batch size, alternating "
+            f"pyro_scvae / SCANVI in one process, {tp['epochs']} epochs per fit (first "
+            "dropped), n_hidden=128, n_latent=10, n_layers=1; cells/s = cells per epoch / "
+            "median epoch time, mean ± sd over fits.",
+            "",
+            markdown_table(
+                ["batch size", "method", "fits", "cells/epoch", "cells/s", "vs SCANVI", "timing"],
+                tp_rows,
+            ),
+        ]
+    else:
+        out.append("Not run.")
+
+    out += ["", "## Per-class F1 (mean over seeds)"]
+    frame = _ok_runs(runs)
+    for task in _ordered(frame["task"], tasks):
+        part = frame[frame["task"] == task]
+        per_class = pd.DataFrame(
+            [{"method": r.method, **r.per_class_f1} for r in part.itertuples()]
+        )
+        table = per_class.groupby("method").mean()
+        table = table.reindex(_ordered(table.index, methods))
+        rows = [[m, *(f"{v:.2f}" for v in table.loc[m])] for m in table.index]
+        support = part.iloc[0].get("query_class_counts")
+        if isinstance(support, dict):
+            rows.append(["*query cells*", *(support.get(c, "") for c in table.columns)])
+        out += ["", f"### {task}", "", markdown_table(["method", *table.columns], rows)]
+
+    out += ["", "## Tasks", ""]
+    rows = []
+    for task in tasks:
+        done = [r for r in runs if r["task"] == task and "n_train" in r]
+        if done:
+            r = done[0]
+            rows.append(
+                [task, meta["task_descriptions"][task], r["n_train"], r["n_query"], r["n_genes"]]
+            )
+    out.append(markdown_table(["task", "description", "train cells", "query cells", "genes"], rows))
+    out += ["", "## Methods", ""]
+    out += [f"- **{m}**: {METHOD_NOTES.get(m, '')}" for m in methods]
+
+    failed = [r for r in runs if r.get("status") != "ok"]
+    failed += [r for r in results.get("throughput", []) if r.get("status") != "ok"]
+    skipped = meta.get("skipped_tasks", {})
+    if failed or skipped:
+        out += ["", "## Failures and skipped runs", ""]
+        out += [f"- task {t} skipped: {why}" for t, why in skipped.items()]
+        for r in failed:
+            where = f"{r.get('task')} / {r.get('method')} / seed {r.get('seed', r.get('rep'))}"
+            out.append(f"- {where}: {r.get('error')}")
+    return "\n".join(out) + "\n"
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``results.md`` and ``results.json`` into ``out_dir``.
+
+    Parameters
+    ----------
+    results
+        Benchmark results (``meta``, ``runs``, ``throughput``).
+    out_dir
+        Destination folder (created if needed).
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The markdown and JSON paths.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = out_dir / "results.md", out_dir / "results.json"
+    md_path.write_text(render_markdown(results), encoding="utf-8")
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    return md_path, json_path

@@ -1,0 +1,204 @@
+"""Run the benchmark of issue 5 and write ``results.md`` and ``results.json``.
+
+Usage (from the repository root)::
+
+    python benchmarks/run.py                      # everything: 6 tasks x 6 methods x 3 seeds
+    python benchmarks/run.py --quick              # T1a + T4, 20 epochs, one seed: minutes
+    python benchmarks/run.py --tasks T4 --methods logreg knn --seeds 0 1 2
+
+Every (task, method, seed) runs in a fresh child process; the throughput comparison runs
+in one more child. Results are rewritten after every run, so an interrupted run keeps what
+it has done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import machine_info, package_versions, run_isolated, run_one
+from benchmarks.methods import METHODS, NEURAL_METHODS
+from benchmarks.report import HEADERS, markdown_table, summary_rows, write_results
+from benchmarks.tasks import TASKS, TASKS_NEEDING_DATA, data_available
+from benchmarks.throughput import measure_throughput
+
+QUICK_TASKS = ("T1a", "T4")
+QUICK_EPOCHS = 20
+DEFAULT_OUT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    argparse.Namespace
+        Parsed options, with the quick-mode defaults filled in.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="T1a + T4, 20 epochs, seed 0")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick 0)")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="default: all")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results")
+    parser.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
+    parser.add_argument("--max-cells", type=int, help="subsample every task to this many cells")
+    parser.add_argument(
+        "--epochs", type=int, help="epochs of the neural methods (default theirs; quick 20)"
+    )
+    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput part")
+    parser.add_argument("--throughput-task", help="task trained on (default T3; quick T4)")
+    parser.add_argument(
+        "--throughput-batch-sizes", type=int, nargs="+", help="default 128 1024; quick 128"
+    )
+    parser.add_argument("--throughput-reps", type=int, help="fits per method (default 3; quick 2)")
+    parser.add_argument("--throughput-epochs", type=int, help="epochs per fit (default 4; quick 3)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
+    args.tasks = args.tasks or list(QUICK_TASKS if quick else TASKS)
+    args.methods = args.methods or list(METHODS)
+    args.epochs = args.epochs or (QUICK_EPOCHS if quick else None)
+    args.throughput_batch_sizes = args.throughput_batch_sizes or ([128] if quick else [128, 1024])
+    args.throughput_reps = args.throughput_reps or (2 if quick else 3)
+    args.throughput_epochs = args.throughput_epochs or (3 if quick else 4)
+    if args.throughput_task is None:
+        args.throughput_task = "T4" if quick or not data_available(args.data_dir) else "T3"
+    return args
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Run every requested (task, method, seed) and the throughput comparison.
+
+    Parameters
+    ----------
+    args
+        Options from :func:`parse_args`.
+    command
+        The command line, for the record.
+
+    Returns
+    -------
+    dict
+        ``meta`` (command, date, machine, versions, settings), ``runs`` (one record per
+        task, method and seed) and ``throughput`` (one record per fit).
+    """
+    start = time.perf_counter()
+    have_data = data_available(args.data_dir)
+    missing = [] if have_data else [t for t in args.tasks if t in TASKS_NEEDING_DATA]
+    skipped = {t: "../shared/data is absent" for t in missing}
+    tasks = [t for t in args.tasks if t not in skipped]
+    results: dict[str, Any] = {
+        "meta": {
+            "command": command,
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_info(),
+            "versions": package_versions(),
+            "quick": args.quick,
+            "seeds": args.seeds,
+            "tasks": tasks,
+            "methods": args.methods,
+            "epochs": args.epochs,
+            "max_cells": args.max_cells,
+            "task_descriptions": dict(TASKS),
+            "skipped_tasks": skipped,
+            "throughput": None,
+        },
+        "runs": [],
+        "throughput": [],
+    }
+    jobs = [(t, m, s) for t in tasks for s in args.seeds for m in args.methods]
+    for number, (task, method, seed) in enumerate(jobs, start=1):
+        epochs = args.epochs if method in NEURAL_METHODS else None
+        record = run_isolated(
+            run_one,
+            task,
+            method,
+            seed,
+            epochs=epochs,
+            max_cells=args.max_cells,
+            data_dir=args.data_dir,
+        )
+        record = {"task": task, "method": method, "seed": seed, **record}
+        results["runs"].append(record)
+        if record["status"] == "ok":
+            _log(
+                f"[{number}/{len(jobs)}] {task} {method} seed {seed}: "
+                f"accuracy {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}, "
+                f"train {record['train_s']:.1f} s, peak {record['peak_rss_mb']:.0f} MB"
+            )
+        else:
+            _log(f"[{number}/{len(jobs)}] {task} {method} seed {seed}: FAILED {record['error']}")
+        results["meta"]["wall_s"] = time.perf_counter() - start
+        write_results(results, args.out)
+
+    wanted = {"pyro_scvae", "scanvi_recipe", "scanvi_direct"} & set(args.methods)
+    if not args.no_throughput and wanted:
+        settings = {
+            "task": args.throughput_task,
+            "batch_sizes": args.throughput_batch_sizes,
+            "reps": args.throughput_reps,
+            "epochs": args.throughput_epochs,
+        }
+        results["meta"]["throughput"] = settings
+        _log(f"throughput: {settings}")
+        records = run_isolated(
+            measure_throughput,
+            args.throughput_task,
+            batch_sizes=tuple(args.throughput_batch_sizes),
+            reps=args.throughput_reps,
+            epochs=args.throughput_epochs,
+            max_cells=args.max_cells,
+            data_dir=args.data_dir,
+        )
+        results["throughput"] = records if isinstance(records, list) else [records]
+    results["meta"]["wall_s"] = time.perf_counter() - start
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point: run, write the results and print the summary table.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    dict
+        The results that were written.
+    """
+    args = parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "benchmarks/run.py", *words])
+    results = run_benchmark(args, command)
+    md_path, json_path = write_results(results, args.out)
+    table = markdown_table(
+        ["task", "method", "seeds", *HEADERS],
+        summary_rows(results["runs"], results["meta"]["tasks"], args.methods),
+    )
+    print(table)
+    print(f"\nwrote {md_path} and {json_path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

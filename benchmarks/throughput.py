@@ -1,0 +1,151 @@
+"""Training throughput of pyro_scvae against SCANVI, timed alternately in one process.
+
+Both models get the same data (a task's cells, query cells unlabelled), the same batch size
+and the same layer widths (``n_hidden=128, n_latent=10, n_layers=1``). For every batch size,
+repetitions alternate pyro_scvae, SCANVI, pyro_scvae, SCANVI, ..., each a fresh model
+trained for a few epochs. Epoch times come from pyro_scvae's ``history.epoch_seconds`` and,
+for SCANVI, from a Lightning callback around each training epoch; the first epoch of each
+fit (warm-up) is dropped and throughput is cells per epoch over the median epoch time.
+Both train on all cells (SCANVI with ``train_size=1.0``, so no cells are held out).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+ARCHITECTURE = {"n_hidden": 128, "n_latent": 10, "n_layers": 1}
+METHODS = ("pyro_scvae", "scanvi")
+
+
+def _cells_per_second(seconds: list[float], cells: int) -> float:
+    timed = seconds[1:] if len(seconds) > 1 else seconds
+    return float(cells / np.median(timed))
+
+
+def _fit_pyro(adata: Any, batch_key: str | None, batch_size: int, epochs: int, seed: int) -> dict:
+    from benchmarks.methods import TRAIN_LABEL_KEY, epoch_seconds
+    from pyro_scvae import PyroSCVAE
+
+    PyroSCVAE.setup_anndata(adata, labels_key=TRAIN_LABEL_KEY, batch_key=batch_key)
+    model = PyroSCVAE(adata, **ARCHITECTURE)
+    start = time.perf_counter()
+    model.fit(epochs=epochs, batch_size=batch_size, seed=seed, progress=False)
+    total = time.perf_counter() - start
+    seconds = epoch_seconds(model)
+    timing = "per-epoch"
+    if seconds is None:
+        seconds, timing = [total / epochs] * epochs, "whole-fit"
+    cells = len(getattr(model, "training_cells", range(adata.n_obs)))
+    return {"epoch_seconds": seconds, "cells_per_epoch": int(cells), "timing": timing}
+
+
+def _fit_scanvi(adata: Any, batch_key: str | None, batch_size: int, epochs: int, seed: int) -> dict:
+    import scvi
+    from lightning.pytorch.callbacks import Callback
+
+    from benchmarks.methods import TRAIN_LABEL_KEY, UNLABELLED, quiet_scvi
+
+    class EpochTimer(Callback):
+        """Wall time of every training epoch."""
+
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    quiet_scvi(seed)
+    scvi.model.SCANVI.setup_anndata(
+        adata, labels_key=TRAIN_LABEL_KEY, unlabeled_category=UNLABELLED, batch_key=batch_key
+    )
+    model = scvi.model.SCANVI(adata, **ARCHITECTURE)
+    timer = EpochTimer()
+    model.train(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        train_size=1.0,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        callbacks=[timer],
+    )
+    cells = len(model.train_indices)
+    return {"epoch_seconds": timer.seconds, "cells_per_epoch": int(cells), "timing": "per-epoch"}
+
+
+def measure_throughput(
+    task: str,
+    *,
+    batch_sizes: tuple[int, ...] = (128, 1024),
+    reps: int = 3,
+    epochs: int = 4,
+    seed: int = 0,
+    max_cells: int | None = None,
+    data_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """Time pyro_scvae and SCANVI training alternately (meant to run in one child process).
+
+    Parameters
+    ----------
+    task
+        Task whose cells are trained on.
+    batch_sizes
+        Minibatch sizes to compare.
+    reps
+        Fits per method and batch size.
+    epochs
+        Epochs per fit; the first is dropped as warm-up.
+    seed
+        Seed of the task and the models.
+    max_cells
+        Subsample the task to at most this many cells.
+    data_dir
+        Folder of the shared data (None: ``../shared/data``).
+
+    Returns
+    -------
+    list of dict
+        One record per fit: ``method``, ``batch_size``, ``rep``, ``epoch_seconds``,
+        ``cells_per_epoch``, ``cells_per_s``, ``timing``, or ``status="failed"`` and
+        ``error``.
+    """
+    warnings.filterwarnings("ignore")
+    from benchmarks.methods import UNLABELLED, with_training_labels
+    from benchmarks.tasks import build_task
+
+    built = build_task(task, seed, max_cells=max_cells, data_dir=data_dir)
+    fits = {"pyro_scvae": _fit_pyro, "scanvi": _fit_scanvi}
+    unlabelled = {"pyro_scvae": np.nan, "scanvi": UNLABELLED}
+    records = []
+    for batch_size in batch_sizes:
+        for rep in range(reps):
+            for method in METHODS:
+                adata = with_training_labels(built.adata, unlabelled[method])
+                record: dict[str, Any] = {
+                    "task": task,
+                    "method": method,
+                    "batch_size": batch_size,
+                    "rep": rep,
+                    "epochs": epochs,
+                    "n_cells": int(adata.n_obs),
+                    "n_genes": int(adata.n_vars),
+                }
+                try:
+                    result = fits[method](adata, built.batch_key, batch_size, epochs, seed + rep)
+                    record.update(result)
+                    record["cells_per_s"] = _cells_per_second(
+                        result["epoch_seconds"], result["cells_per_epoch"]
+                    )
+                    record["status"] = "ok"
+                except Exception as error:  # recorded, the other fits go on
+                    record["status"] = "failed"
+                    record["error"] = f"{type(error).__name__}: {error}"
+                records.append(record)
+    return records
