@@ -11,7 +11,8 @@ per value of y; ``[batch, d]`` for labelled cells), it returns the five terms pe
 4. ``library``         log p(l) − log q(l | x)
 5. ``z2``              Σ_y q(y|z₁) log [p(z₂) / q(z₂ | z₁, y)]
 
-and, for labelled cells, ``classification`` = α · log q(y | z₁).
+and, for labelled cells, ``classification`` = α_y · log q(y | z₁) (α_y = α unless the
+classes are balanced, see :class:`~pyro_scvae.model.HierarchicalVAE`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def elbo_terms(
         "z2": (weight * (log_p_z2 - log_q_z2)).sum(0),
     }
     if y is not None:
-        terms["classification"] = vae.config.alpha * log_q_y.squeeze(0)
+        terms["classification"] = vae.classification_weight[y] * log_q_y.squeeze(0)
     return terms
 
 

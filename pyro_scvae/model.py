@@ -84,6 +84,9 @@ class HierarchicalVAE(nn.Module):
         (a single value where there is no batch covariate): the prior p(l).
     class_prior
         π_y; uniform when omitted.
+    class_weights
+        Per-class multipliers of α (``[K]``, mean 1 over labelled cells when balanced);
+        ones when omitted, which is exactly MODEL.md's α · log q(y | z₁).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class HierarchicalVAE(nn.Module):
         library_loc: torch.Tensor,
         library_scale: torch.Tensor,
         class_prior: torch.Tensor | None = None,
+        class_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -102,6 +106,9 @@ class HierarchicalVAE(nn.Module):
             class_prior = torch.full((k,), 1.0 / k)
         # Priors are buffers: they are saved with the weights and follow .to(device).
         self.register_buffer("class_log_prior", class_prior.log())  # [K]
+        if class_weights is None:
+            class_weights = torch.ones(k)
+        self.register_buffer("classification_weight", config.alpha * class_weights)  # [K], α_y
         self.register_buffer("library_loc", library_loc.reshape(-1))  # [max(1, n_batches)]
         self.register_buffer("library_scale", library_scale.reshape(-1))
         # θ, the per-gene inverse dispersion of p(x | z₁, l), kept positive through its log.
@@ -161,9 +168,9 @@ class HierarchicalVAE(nn.Module):
             mean = l.unsqueeze(-1) * rho  # [batch, G]
             pyro.sample("x", ZINB(mean, theta, zi_logits).to_event(1), obs=x)
             if y is not None and y.dim() == 1:
-                # Labelled cells: + α log q(y | z₁), so that the classifier learns from labels.
+                # Labelled cells: + α_y log q(y | z₁), so that the classifier learns from labels.
                 log_q_y = dist.Categorical(logits=self.classifier(z1)).log_prob(y)  # [batch]
-                pyro.factor("classification", self.config.alpha * log_q_y)
+                pyro.factor("classification", self.classification_weight[y] * log_q_y)
 
     # ------------------------------------------------------------------ guide
     @config_enumerate(default="parallel")

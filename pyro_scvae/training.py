@@ -4,6 +4,13 @@ Labelled minibatches call ``svi.step(x, y, batch)`` and unlabelled ones
 ``svi.step(x, None, batch)``; y is enumerated in the second case. The loss of a
 minibatch is minus its summed ELBO, so every cell weighs the same whichever kind of
 minibatch it falls in; the history reports the ELBO per cell.
+
+With ``jit=True``, full-size minibatches go through ``JitTraceEnum_ELBO``, which
+compiles the loss once per call signature. Its cache is keyed on the number of
+arguments and freezes the minibatch size into the trace, so labelled minibatches are
+called as ``(x, batch, y)`` and unlabelled ones as ``(x, batch)``, and the ragged last
+minibatch of an epoch goes through the uncompiled ``TraceEnum_ELBO`` (same objective,
+same optimiser state) instead of being dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyro
 import torch
-from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer import SVI, JitTraceEnum_ELBO, TraceEnum_ELBO
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
@@ -41,6 +48,8 @@ class TrainingConfig:
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     progress
         Show a progress bar with the current ELBO.
+    jit
+        Compile the loss of full-size minibatches with ``JitTraceEnum_ELBO``.
     """
 
     epochs: int = 100
@@ -49,6 +58,7 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    jit: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,10 +81,43 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def make_svi(vae: HierarchicalVAE, lr: float) -> SVI:
-    """SVI on the model and the enumerated guide with the exact sum over y."""
-    elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    return SVI(vae.model, vae.guide, ClippedAdam({"lr": lr, "clip_norm": 100.0}), loss=elbo)
+class Stepper:
+    """One SVI step per minibatch: SVI with TraceEnum_ELBO (exact sum over y), compiled or not.
+
+    Parameters
+    ----------
+    vae
+        The model and guide.
+    lr
+        Learning rate of Adam (with gradient-norm clipping).
+    jit_batch_size
+        Minibatches of exactly this size use the compiled ELBO; None disables compilation.
+    """
+
+    def __init__(self, vae: HierarchicalVAE, lr: float, jit_batch_size: int | None = None):
+        optimiser = ClippedAdam({"lr": lr, "clip_norm": 100.0})  # shared by both objectives
+        self.svi = SVI(vae.model, vae.guide, optimiser, loss=TraceEnum_ELBO(max_plate_nesting=1))
+        self.jit_batch_size = jit_batch_size
+        if jit_batch_size is not None:
+            has_batches = vae.config.n_batches > 0
+
+            # Every argument a tensor, y last and only when observed: one compiled trace each.
+            def model(x, batch, *y):
+                vae.model(x, y[0] if y else None, batch if has_batches else None)
+
+            def guide(x, batch, *y):
+                vae.guide(x, y[0] if y else None, batch if has_batches else None)
+
+            self.compiled_elbo = JitTraceEnum_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+            self.compiled = SVI(model, guide, optimiser, loss=self.compiled_elbo)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None, batch: torch.Tensor | None) -> float:
+        """One gradient step on a minibatch; returns its loss (minus the summed ELBO)."""
+        if self.jit_batch_size is None or x.shape[0] != self.jit_batch_size:
+            return self.svi.step(x, y, batch)
+        if batch is None:
+            batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # unused
+        return self.compiled.step(x, batch) if y is None else self.compiled.step(x, batch, y)
 
 
 def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> History:
@@ -91,7 +134,7 @@ def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> Histo
     with pyro.get_param_store().scope(), warnings.catch_warnings():
         # Labelled minibatches observe y, so they have nothing to enumerate: expected.
         warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites", UserWarning)
-        svi = make_svi(vae, config.lr)
+        stepper = Stepper(vae, config.lr, config.batch_size if config.jit else None)
         epochs = tqdm(
             range(config.epochs), desc="training", unit="epoch", disable=not config.progress
         )
@@ -99,7 +142,7 @@ def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> Histo
             start = time.perf_counter()
             total_loss = 0.0
             for index, labelled in minibatches(data.labels, config.batch_size, rng):
-                total_loss += svi.step(*data.tensors(index, device, labelled))
+                total_loss += stepper.step(*data.tensors(index, device, labelled))
             history.epoch_seconds.append(time.perf_counter() - start)
             history.elbo.append(-total_loss / data.n_cells)
             epochs.set_postfix(elbo=f"{history.elbo[-1]:.1f}")

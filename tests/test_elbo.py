@@ -12,6 +12,7 @@ from pyro_scvae.elbo import elbo_terms, hand_derived_elbo
 from pyro_scvae.model import HierarchicalVAE, ModelConfig
 
 N_GENES, N_CLASSES, N_CELLS = 25, 4, 12
+CLASS_WEIGHTS = torch.tensor([0.5, 1.0, 1.5, 2.0])  # α_y = α · weight of class y
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,7 @@ def make_vae(n_batches: int, seed: int = 0) -> HierarchicalVAE:
         library_loc=torch.linspace(4.0, 5.0, n_library),
         library_scale=torch.linspace(0.6, 0.9, n_library),
         class_prior=torch.tensor([0.1, 0.2, 0.3, 0.4]),
+        class_weights=CLASS_WEIGHTS,
     )
     # Perturb every parameter so no network is at a symmetric initial point.
     with torch.no_grad():
@@ -99,14 +101,14 @@ def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches):
         assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix)), prefix
 
 
-def test_classification_term_is_alpha_log_q_y():
+def test_classification_term_is_alpha_y_log_q_y():
     vae = make_vae(0)
     x, y, _ = make_batch(0, labelled=True)
     trace = guide_samples(vae, x, y, None)
     z1 = trace.nodes["z1"]["value"]
     terms = elbo_terms(vae, x, z1, trace.nodes["l"]["value"], trace.nodes["z2"]["value"], y)
     log_q = torch.log_softmax(vae.classifier(z1), -1).gather(-1, y[:, None]).squeeze(-1)
-    torch.testing.assert_close(terms["classification"], 7.5 * log_q)
+    torch.testing.assert_close(terms["classification"], 7.5 * CLASS_WEIGHTS[y] * log_q)
     torch.testing.assert_close(terms["y"], vae.class_log_prior[y])
 
 

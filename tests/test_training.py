@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pyro
+import pytest
+import torch
 
 from pyro_scvae import PyroSCVAE
 from pyro_scvae.data import minibatches
+from pyro_scvae.model import HierarchicalVAE, ModelConfig
 from pyro_scvae.simulate import simulate_counts
+from pyro_scvae.training import Stepper
 
 
 def test_learns_types_of_unlabelled_cells():
@@ -48,3 +53,37 @@ def test_minibatches_cover_each_cell_once_and_never_mix_labelled():
     assert sorted(seen) == list(range(len(labels)))
     dropped = [i for i, _ in minibatches(labels, batch_size=4, rng=rng, drop_last=True)]
     assert all(len(i) == 4 for i in dropped) and len(dropped) == 5 + 3
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")  # labelled: no enum
+@pytest.mark.parametrize("n_batches", [0, 2], ids=["no-batch", "batch"])
+def test_compiled_elbo_gives_the_same_loss_as_uncompiled(n_batches):
+    """JitTraceEnum_ELBO (full-size minibatches) and TraceEnum_ELBO estimate the same loss.
+
+    The compiled graph draws its random numbers differently, so the two agree in
+    expectation: with the learning rate at 0, repeated steps are independent estimates.
+    """
+    torch.manual_seed(0)
+    n_library = max(n_batches, 1)
+    config = ModelConfig(n_genes=30, n_classes=3, n_batches=n_batches, dropout=0.0)
+    vae = HierarchicalVAE(config, torch.full((n_library,), 5.0), torch.ones(n_library))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.poisson(torch.rand(16, 30, generator=gen) * 6).repeat(10, 1)  # [160, 30]
+    y = torch.randint(3, (16,), generator=gen).repeat(10)  # [160]
+    batch = torch.randint(2, (16,), generator=gen).repeat(10) if n_batches else None
+    with pyro.get_param_store().scope():
+        compiled = Stepper(vae, lr=0.0, jit_batch_size=160)
+        plain = Stepper(vae, lr=0.0)
+        for labels in (None, y):
+            jit_losses = torch.tensor([compiled.step(x, labels, batch) for _ in range(20)])
+            plain_losses = torch.tensor([plain.step(x, labels, batch) for _ in range(20)])
+            error = (jit_losses.var() / 20 + plain_losses.var() / 20).sqrt()
+            assert error < 1e-2 * plain_losses.mean().abs()  # sharp enough to catch a bug
+            assert (jit_losses.mean() - plain_losses.mean()).abs() < 4 * error
+        assert len(compiled.compiled_elbo._differentiable_loss.compiled) == 2  # one trace each
+        # a ragged minibatch is not compiled (its size differs from the traced one)
+        pyro.set_rng_seed(7)
+        ragged = compiled.step(x[:10], y[:10], None if batch is None else batch[:10])
+        pyro.set_rng_seed(7)
+        assert ragged == plain.step(x[:10], y[:10], None if batch is None else batch[:10])
