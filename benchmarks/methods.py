@@ -102,7 +102,12 @@ def quiet_scvi(seed: int) -> None:
     scvi.settings.seed = seed
 
 
-def _scvi_train_kwargs(max_epochs: int | None) -> dict[str, object]:
+def _scvi_train_kwargs(max_epochs: int | None, n_cells: int) -> dict[str, object]:
+    """Keyword arguments of scvi's ``train``; ``max_epochs == -1`` means pyro_scvae's default."""
+    if max_epochs == -1:
+        from pyro_scvae.api import default_epochs
+
+        max_epochs = default_epochs(n_cells)
     return {"max_epochs": max_epochs, "accelerator": "cpu", "enable_progress_bar": False}
 
 
@@ -365,11 +370,11 @@ def fit_predict_scanvi_recipe(
     with _timer(info, "train_s"):
         scvi.model.SCVI.setup_anndata(data, batch_key=_batch_key(data))
         vae = scvi.model.SCVI(data)
-        vae.train(**_scvi_train_kwargs(epochs))
+        vae.train(**_scvi_train_kwargs(epochs, data.n_obs))
         model = scvi.model.SCANVI.from_scvi_model(
             vae, unlabeled_category=UNLABELLED, labels_key=TRAIN_LABEL_KEY
         )
-        model.train(**_scvi_train_kwargs(scanvi_epochs))
+        model.train(**_scvi_train_kwargs(scanvi_epochs, data.n_obs))
     info["scvi_epochs"] = int(vae.history["elbo_train"].shape[0])
     info["scanvi_epochs"] = int(model.history["elbo_train"].shape[0])
     with _timer(info, "predict_s"):
@@ -410,7 +415,7 @@ def fit_predict_scanvi_direct(
             batch_key=_batch_key(data),
         )
         model = scvi.model.SCANVI(data)
-        model.train(**_scvi_train_kwargs(epochs))
+        model.train(**_scvi_train_kwargs(epochs, data.n_obs))
     info["epochs"] = int(model.history["elbo_train"].shape[0])
     with _timer(info, "predict_s"):
         proba = model.predict(indices=np.flatnonzero(query), soft=True)

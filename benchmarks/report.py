@@ -264,6 +264,18 @@ def busy_machine_lines(runs: Sequence[dict[str, Any]], cores: int) -> list[str]:
     ]
 
 
+def scvi_epochs_note(scvi_epochs: int | None) -> str:
+    """How SCVI / SCANVI epochs were set, when not by scvi-tools' own heuristic."""
+    if scvi_epochs is None:
+        return ""
+    if scvi_epochs == -1:
+        return (
+            "; SCVI (recipe) and SCANVI (direct) trained for pyro_scvae's default number of "
+            "epochs of each task instead of scvi's 400 (time budget of 2 cores)"
+        )
+    return f"; SCVI (recipe) and SCANVI (direct) trained for {scvi_epochs} epochs"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The whole ``results.md``.
 
@@ -292,6 +304,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- mode: {'quick' if meta['quick'] else 'full'}; seeds {meta['seeds']}; "
         f"epochs of neural methods: {meta['epochs'] or 'their defaults'}"
+        + scvi_epochs_note(meta.get("scvi_epochs"))
         + (f"; tasks subsampled to ≤ {meta['max_cells']} cells" if meta["max_cells"] else ""),
         "",
         "Every (task, method, seed) ran in a fresh child process; metrics use query cells "

@@ -25,10 +25,12 @@ single-process path (``training.train``, batch size 128, CPU):
   labelled "extrapolated". The full matrix is loaded (in-memory mode) or opened (backed)
   and checked exactly as for a full epoch, so peak memory is that of the whole run.
 
-Peak memory is the child's peak resident set size, ``resource.getrusage(RUSAGE_SELF)``
-read by the child when it is done (``RUSAGE_CHILDREN`` in the parent would report the
-largest child so far, not each one). It does not include the operating system's page
-cache, which holds the recently written file in backed mode.
+Peak memory is the child's peak resident set size, ``VmHWM`` of ``/proc/self/status`` read
+by the child when it is done. (``getrusage``'s ``ru_maxrss`` would not do: on Linux a
+child inherits the parent's high-water mark across fork and exec, so every child would
+report at least the parent's size, here the simulated pool; and ``RUSAGE_CHILDREN``
+reports the largest child so far, not each one.) It does not include the operating
+system's page cache, which holds the recently written file in backed mode.
 
 Results go to ``benchmarks/scaling.md`` and ``benchmarks/scaling.json`` (``--out``).
 """
@@ -122,7 +124,9 @@ def write_resampled(pool: ad.AnnData, n_cells: int, path: Path, seed: int) -> di
 
 
 # ---------------------------------------------------------------------- one case (child)
-def run_case(path: Path, mode: str, full_epoch: bool, steps: int, seed: int) -> dict[str, Any]:
+def run_case(
+    path: Path, mode: str, full_epoch: bool, steps: int, seed: int, threads: int
+) -> dict[str, Any]:
     """Load, set up and train one case in this process; returns timings and peak memory."""
     import torch
 
@@ -131,7 +135,7 @@ def run_case(path: Path, mode: str, full_epoch: bool, steps: int, seed: int) -> 
     from pyro_scvae.distributed import n_minibatches
     from pyro_scvae.training import TrainingConfig, train
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads)
     start = time.perf_counter()
     adata = ad.read_h5ad(path, backed="r" if mode == "backed" else None)
     load_seconds = time.perf_counter() - start
@@ -147,6 +151,7 @@ def run_case(path: Path, mode: str, full_epoch: bool, steps: int, seed: int) -> 
     if full_epoch:
         model.fit(epochs=1, batch_size=BATCH_SIZE, seed=seed, device="cpu", progress=False)
         epoch_seconds = model.history.epoch_seconds[0]
+        used_config = model.training_config
         timed_minibatches = epoch_minibatches
         per_minibatch = epoch_seconds / epoch_minibatches
     else:
@@ -158,10 +163,11 @@ def run_case(path: Path, mode: str, full_epoch: bool, steps: int, seed: int) -> 
             epochs=1, batch_size=BATCH_SIZE, seed=seed, device="cpu", progress=False
         )
         history = train(model.module, data, config)
+        used_config = config
         timed_minibatches = n_minibatches(labels[subset], BATCH_SIZE)
         per_minibatch = history.epoch_seconds[0] / timed_minibatches
         epoch_seconds = per_minibatch * epoch_minibatches
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_kib = peak_rss_kib()
     return {
         "mode": mode,
         "cells": int(adata.n_obs),
@@ -175,10 +181,25 @@ def run_case(path: Path, mode: str, full_epoch: bool, steps: int, seed: int) -> 
         "ms_per_minibatch": 1000 * per_minibatch,
         "peak_rss_gib": peak_kib / 1024**2,
         "torch_threads": torch.get_num_threads(),
+        "architecture": {
+            key: getattr(model.config, key) for key in ("n_latent", "n_hidden", "n_layers")
+        },
+        "jit": bool(getattr(used_config, "jit", False)),
     }
 
 
-def run_isolated(path: Path, mode: str, full_epoch: bool, steps: int, seed: int) -> dict:
+def peak_rss_kib() -> int:
+    """Peak resident set size of this process image (``VmHWM``), in KiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: an upper bound
+
+
+def run_isolated(
+    path: Path, mode: str, full_epoch: bool, steps: int, seed: int, threads: int
+) -> dict:
     """:func:`run_case` in a fresh Python process; its JSON result, or the error."""
     command = [
         sys.executable,
@@ -191,6 +212,8 @@ def run_isolated(path: Path, mode: str, full_epoch: bool, steps: int, seed: int)
         str(steps),
         "--seed",
         str(seed),
+        "--threads",
+        str(threads),
     ] + (["--full-epoch"] if full_epoch else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -204,11 +227,12 @@ def markdown(records: list[dict], data: dict[int, dict], meta: dict) -> str:
     lines = [
         "# Scaling with the number of cells: in-memory sparse vs `--backed`",
         "",
-        f"Produced by `{meta['command']}` on {meta['date']} "
+        f"Produced by `{meta['command']}` at commit {meta.get('git', 'unknown')} on "
+        f"{meta['date']} "
         f"({meta['machine'].get('cpu', '?')}, {meta['machine'].get('usable_cores', '?')} "
         f"usable cores, {meta['machine'].get('memory_gb', float('nan')):.0f} GiB; load "
         f"average {meta['load_before']} before, {meta['load_after']} after: the machine "
-        "was shared, so times are upper bounds).",
+        f"was shared, so times are upper bounds; {meta['threads']} torch thread(s) per case).",
         "",
         "| cells | mode | time per epoch (s) | epoch time is | ms / minibatch "
         "| minibatches timed | load (s) | set-up (s) | peak RSS (GiB) |",
@@ -224,6 +248,13 @@ def markdown(records: list[dict], data: dict[int, dict], meta: dict) -> str:
             f"{r['epoch_minibatches']:,} | {r['load_seconds']:.1f} | {r['setup_seconds']:.1f} "
             f"| {r['peak_rss_gib']:.2f} |"
         )
+    architectures = {json.dumps(r["architecture"]) for r in records if "architecture" in r}
+    lines += [
+        "",
+        "Model: the defaults of `PyroSCVAE` at that commit ("
+        + "; ".join(sorted(architectures))
+        + "), batch size 128, Adam with learning rate 0.003, CPU.",
+    ]
     lines += [
         "",
         "Data sets (2,000 genes; cells resampled from a simulated pool and thinned, see "
@@ -254,6 +285,20 @@ def markdown(records: list[dict], data: dict[int, dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def git_revision() -> str:
+    """The commit the benchmark ran on, ``-dirty`` with uncommitted changes."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
 def load_average() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -271,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=600, help="minibatches timed beyond that")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per case (default 1: on a shared machine, more threads than "
+        "free cores make OpenMP wait on descheduled threads, several times slower)",
+    )
     parser.add_argument("--workdir", type=Path, help="folder for the .h5ad files (default: tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the .h5ad files")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for scaling.md/json")
@@ -281,17 +333,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.case is not None:
-        print(json.dumps(run_case(args.case, args.mode, args.full_epoch, args.steps, args.seed)))
+        result = run_case(
+            args.case, args.mode, args.full_epoch, args.steps, args.seed, args.threads
+        )
+        print(json.dumps(result))
         return 0
 
     from benchmarks.harness import machine_info, package_versions
 
     meta = {
-        "command": "python benchmarks/scaling.py " + shlex.join(argv or sys.argv[1:]),
+        "command": ("python benchmarks/scaling.py " + shlex.join(argv or sys.argv[1:])).strip(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
         "versions": package_versions(),
         "load_before": load_average(),
+        "threads": args.threads,
+        "git": git_revision(),
     }
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pyro_scvae_scaling_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n_cells:,} cells written: {data[n_cells]}", flush=True)
             for mode in args.modes:
                 full = n_cells <= args.full_epoch_max
-                record = run_isolated(path, mode, full, args.steps, args.seed)
+                record = run_isolated(path, mode, full, args.steps, args.seed, args.threads)
                 record.setdefault("cells", n_cells)
                 records.append(record)
                 print(json.dumps(record), flush=True)

@@ -67,6 +67,9 @@ class PyroSCVAE:
         Architecture and classification weight, see :class:`~pyro_scvae.model.ModelConfig`.
     class_prior
         ``"uniform"`` or ``"frequencies"`` (label frequencies of the labelled cells) for p(y).
+    balance_classes
+        Weigh the classification term of each labelled cell by the inverse frequency of
+        its class (mean weight 1), so that rare types count as much as common ones.
     seed
         Seeds the initial weights (and, unless ``fit`` is given another, training).
     """
@@ -74,12 +77,13 @@ class PyroSCVAE:
     def __init__(
         self,
         adata: ad.AnnData,
-        n_latent: int = 10,
+        n_latent: int = 30,
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout: float = 0.1,
         alpha: float = 50.0,
         class_prior: str = "uniform",
+        balance_classes: bool = False,
         seed: int = 0,
     ) -> None:
         if SETUP_KEY not in adata.uns:
@@ -132,8 +136,16 @@ class PyroSCVAE:
             frequencies = np.bincount(labels[labels >= 0], minlength=len(self.classes)) + 1.0
             prior = torch.tensor(frequencies / frequencies.sum(), dtype=torch.float32)
         self.class_prior = class_prior
+        self.balance_classes = balance_classes
+        weights = None
+        if balance_classes:
+            counts_per_class = np.bincount(labels[labels >= 0], minlength=len(self.classes))
+            weights = torch.tensor(
+                counts_per_class.sum() / (len(self.classes) * counts_per_class.clip(1)),
+                dtype=torch.float32,
+            )  # [K]
         torch.manual_seed(seed)
-        self.module = HierarchicalVAE(self.config, loc, scale, prior)
+        self.module = HierarchicalVAE(self.config, loc, scale, prior, weights)
         self.genes = list(map(str, adata.var_names))
         self.history: History | None = None
         self.training_config: TrainingConfig | None = None
@@ -213,6 +225,7 @@ class PyroSCVAE:
         device: str = "auto",
         validation_fraction: float = 0.0,
         progress: bool = True,
+        jit: bool = False,
         devices: int = 1,
         accelerator: str = "auto",
         num_nodes: int = 1,
@@ -226,6 +239,8 @@ class PyroSCVAE:
         validation_fraction
             Fraction of the labelled cells whose labels are hidden from training and
             used to report accuracy and F1 (``validation_metrics``).
+        jit
+            Compile the loss with ``JitTraceEnum_ELBO`` (see :mod:`pyro_scvae.training`).
         devices, accelerator, num_nodes
             With ``devices > 1``, ``num_nodes > 1`` or an ``accelerator`` other than
             ``"auto"`` (``"cpu"`` or ``"gpu"``), training runs through PyTorch Lightning
@@ -245,6 +260,7 @@ class PyroSCVAE:
             seed=seed,
             device=device,
             progress=progress,
+            jit=jit,
         )
         labels = self.data.labels.copy()
         self.validation_cells = self._validation_split(labels, validation_fraction, seed)
@@ -257,6 +273,8 @@ class PyroSCVAE:
         if devices > 1 or num_nodes > 1 or accelerator != "auto":
             from pyro_scvae.distributed import train_distributed
 
+            if accelerator == "auto" and device != "auto":
+                accelerator = "gpu" if device == "cuda" else device  # honour device="cpu"
             self.distributed_run = train_distributed(
                 self.module,
                 training_data,
@@ -320,6 +338,8 @@ class PyroSCVAE:
         self, adata: ad.AnnData | None
     ) -> tuple[sp.csr_matrix | BackedCounts, np.ndarray | None]:
         """Counts (genes matched to the model's by name) and batch codes of ``adata``."""
+        if adata is None and self.adata is None:
+            raise InputError("this model was loaded from disk: pass the AnnData to annotate")
         if adata is None or adata is self.adata:
             return self.data.counts, self.data.batches
         counts = match_genes(count_matrix(adata, self.setup["layer"]), adata.var_names, self.genes)
@@ -337,8 +357,8 @@ class PyroSCVAE:
         min_confidence
             Hard calls whose largest probability is below this become ``"Unassigned"``.
         """
-        index = (self.adata if adata is None else adata).obs_names
         probabilities = self._probabilities(*self._query_arrays(adata))
+        index = (self.adata if adata is None else adata).obs_names
         if soft:
             return pd.DataFrame(probabilities, index=index, columns=self.classes)
         calls = np.array(self.classes, dtype=object)[probabilities.argmax(1)]
@@ -351,8 +371,8 @@ class PyroSCVAE:
 
     def annotate(self, adata: ad.AnnData | None = None, min_confidence: float = 0.0) -> ad.AnnData:
         """Write predictions, confidences and the latent z₁ into ``adata`` (in place)."""
-        adata = self.adata if adata is None else adata
         latent, probabilities = self._encode(*self._query_arrays(adata))
+        adata = self.adata if adata is None else adata
         calls = np.array(self.classes, dtype=object)[probabilities.argmax(1)]
         calls[probabilities.max(1) < min_confidence] = UNASSIGNED
         adata.obs["pyro_scvae_prediction"] = pd.Categorical(calls)
@@ -376,6 +396,7 @@ class PyroSCVAE:
             "batch_categories": self.batch_categories,
             "setup": self.setup,
             "class_prior": self.class_prior,
+            "balance_classes": self.balance_classes,
             "seed": self.seed,
             "training": None if self.training_config is None else self.training_config.to_dict(),
             "history": None if self.history is None else asdict(self.history),
@@ -396,6 +417,7 @@ class PyroSCVAE:
         self.batch_categories = config["batch_categories"]
         self.setup = config["setup"]
         self.class_prior = config["class_prior"]
+        self.balance_classes = config.get("balance_classes", False)
         self.seed = config["seed"]
         self.training_config = config["training"] and TrainingConfig(**config["training"])
         self.history = config["history"] and History(**config["history"])

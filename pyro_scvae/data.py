@@ -189,9 +189,10 @@ class BackedCounts:
         if isinstance(index, slice):
             positions = np.arange(*index.indices(self.shape[0]))
         else:
-            positions = np.asarray(index, dtype=np.int64).reshape(-1)
+            positions = np.asarray(index).reshape(-1)
             if positions.dtype == bool:
                 positions = np.flatnonzero(positions)
+            positions = positions.astype(np.int64, copy=False)
         file_rows = positions if self.rows is None else self.rows[positions]
         unique, inverse = np.unique(file_rows, return_inverse=True)
         block = self._read_file_rows(unique)  # [unique rows, G_file]

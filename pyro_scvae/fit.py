@@ -300,6 +300,11 @@ def write_outputs(model, adata, training_adata, settings, out: Path, args) -> di
         "n_genes": training_adata.n_vars,
         "validation": model.validation_metrics,
     }
+    if model.distributed_run is not None:  # trained through Lightning
+        metrics["distributed"] = {
+            "world_size": model.distributed_run.world_size,
+            "replica_max_abs_difference": model.distributed_run.replica_max_abs_difference,
+        }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     model.save(out / "model")
     plot_elbo(history.elbo, out / "elbo.png")

@@ -62,7 +62,7 @@ class ModelConfig:
     n_genes: int
     n_classes: int
     n_batches: int = 0
-    n_latent: int = 10
+    n_latent: int = 30
     n_hidden: int = 128
     n_layers: int = 1
     dropout: float = 0.1

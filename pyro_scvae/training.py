@@ -24,7 +24,7 @@ import pyro
 import torch
 from pyro.infer import SVI, JitTraceEnum_ELBO, TraceEnum_ELBO
 from pyro.optim import ClippedAdam
-from tqdm.auto import tqdm
+from tqdm import tqdm  # a text bar: works in terminals and notebooks alike
 
 from pyro_scvae.data import CellData, InputError, minibatches
 from pyro_scvae.model import HierarchicalVAE

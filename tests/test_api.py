@@ -51,6 +51,8 @@ def test_save_load_gives_identical_probabilities(trained, simulated, tmp_path):
         loaded.get_latent_representation(simulated), trained.get_latent_representation()
     )
     assert loaded.history.elbo == trained.history.elbo
+    with pytest.raises(InputError, match="pass the AnnData to annotate"):
+        loaded.predict()
     with pytest.raises(InputError, match="not empty"):
         trained.save(tmp_path / "model")
     with pytest.raises(InputError, match="not a saved pyro_scvae model"):

@@ -103,7 +103,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
 
     annotated = ad.read_h5ad(out / "annotated.h5ad")
     assert annotated.n_vars == 80  # the input, every gene
-    assert annotated.obsm["X_pyro_scvae"].shape == (300, 10)
+    assert annotated.obsm["X_pyro_scvae"].shape == (300, 30)
     assert (annotated.obs["pyro_scvae_prediction"].astype(str) == predictions["predicted"]).all()
     assert annotated.uns["pyro_scvae"]["seed"] == 7
     assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40
