@@ -361,9 +361,14 @@ class PyroSCVAE:
         index = (self.adata if adata is None else adata).obs_names
         if soft:
             return pd.DataFrame(probabilities, index=index, columns=self.classes)
+        calls = self._hard_calls(probabilities, min_confidence)
+        return pd.Series(calls, index=index, name="pyro_scvae_prediction")
+
+    def _hard_calls(self, probabilities: np.ndarray, min_confidence: float) -> np.ndarray:
+        """The most probable class of each cell, ``"Unassigned"`` below ``min_confidence``."""
         calls = np.array(self.classes, dtype=object)[probabilities.argmax(1)]
         calls[probabilities.max(1) < min_confidence] = UNASSIGNED
-        return pd.Series(calls, index=index, name="pyro_scvae_prediction")
+        return calls
 
     def get_latent_representation(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Posterior mean of z₁ for each cell, ``[cells, n_latent]`` (for UMAP, clustering)."""
@@ -373,8 +378,7 @@ class PyroSCVAE:
         """Write predictions, confidences and the latent z₁ into ``adata`` (in place)."""
         latent, probabilities = self._encode(*self._query_arrays(adata))
         adata = self.adata if adata is None else adata
-        calls = np.array(self.classes, dtype=object)[probabilities.argmax(1)]
-        calls[probabilities.max(1) < min_confidence] = UNASSIGNED
+        calls = self._hard_calls(probabilities, min_confidence)
         adata.obs["pyro_scvae_prediction"] = pd.Categorical(calls)
         adata.obs["pyro_scvae_confidence"] = probabilities.max(1)
         adata.obsm["X_pyro_scvae"] = latent

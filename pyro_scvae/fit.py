@@ -280,9 +280,9 @@ def annotate_and_write(
 ) -> None:
     """``predictions.csv`` and ``annotated.h5ad`` for ``adata`` in ``out``."""
     probabilities = model.predict(adata, soft=True)
-    calls = model.predict(adata, min_confidence=min_confidence)
+    model.annotate(adata, min_confidence=min_confidence)  # calls, confidences, latent z₁
+    calls = adata.obs["pyro_scvae_prediction"].astype(str)
     cli.write_predictions(probabilities, calls, out / "predictions.csv")
-    model.annotate(adata, min_confidence=min_confidence)
     adata.uns["pyro_scvae"] = settings
     adata.write_h5ad(out / "annotated.h5ad")
 
