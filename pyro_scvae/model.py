@@ -114,11 +114,12 @@ class HierarchicalVAE(nn.Module):
         # θ, the per-gene inverse dispersion of p(x | z₁, l), kept positive through its log.
         self.log_theta = nn.Parameter(torch.zeros(config.n_genes))  # [G]
 
-        self.x_encoder = GaussianNet(config.n_genes + b, d + 1, hidden, p)
+        with_batch = [b] if b else []  # the one-hot batch covariate, when there is one
+        self.x_encoder = GaussianNet([config.n_genes, *with_batch], d + 1, hidden, p)
         self.classifier = Classifier(d, k, hidden, p)
-        self.z2_encoder = GaussianNet(d + k, d, hidden, p)
-        self.z1_decoder = GaussianNet(d + k, d, hidden, 0.0)
-        self.x_decoder = XDecoder(d + b, config.n_genes, hidden, 0.0)
+        self.z2_encoder = GaussianNet([d, k], d, hidden, p)
+        self.z1_decoder = GaussianNet([d, k], d, hidden, 0.0)
+        self.x_decoder = XDecoder([d, *with_batch], config.n_genes, hidden, 0.0)
 
     # ------------------------------------------------------------------ helpers
     def batch_inputs(self, x: torch.Tensor, batch: torch.Tensor | None) -> list[torch.Tensor]:

@@ -18,62 +18,89 @@ example): its last layer gives d + 1 locations and scales, d for z₁ and one fo
 Hidden layers are Linear → LayerNorm → ReLU → Dropout. LayerNorm acts on each cell
 alone, so the networks behave identically whether or not Pyro has added a leading
 enumeration dimension, and no flattening around batch statistics is needed.
+
+A network with several inputs (z₁ and one-hot y, say) is a network on their
+concatenation, but the concatenation is never built: its first layer multiplies each
+input by its own block of weight columns and sums the broadcast products
+(:class:`ConcatLinear`). Under enumeration z₁ is ``[batch, d]`` and y ``[K, 1, K]``, so
+z₁ is multiplied once rather than copied and multiplied K times.
 """
 
 from __future__ import annotations
 
 import torch
-from pyro.distributions.util import broadcast_shape
 from torch import nn
-from torch.nn.functional import softplus
+from torch.nn.functional import linear, softplus
 
 #: Added to every standard deviation so that no Normal collapses to a point.
 MIN_SCALE = 1e-4
 
 
-def make_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: float) -> nn.Sequential:
-    """A fully connected network whose last layer is linear.
+class ConcatLinear(nn.Linear):
+    """``Linear`` applied to the concatenation of its inputs, computed block by block.
+
+    W [x₁; x₂] + b = W₁ x₁ + W₂ x₂ + b, where W₁, W₂ are the column blocks of W that
+    meet each input. The products are broadcast against each other, so inputs may
+    differ in their leading dimensions (``[batch, d]`` and ``[K, 1, K]`` give
+    ``[K, batch, out]``). Weights and bias are those of one ``nn.Linear(sum(in_dims), out)``.
+    """
+
+    def __init__(self, in_dims: list[int], out_dim: int) -> None:
+        super().__init__(sum(in_dims), out_dim)
+        self.in_dims = list(in_dims)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        blocks = self.weight.split(self.in_dims, dim=1)  # [out, in_i] each
+        out = linear(inputs[0], blocks[0], self.bias)
+        for x, block in zip(inputs[1:], blocks[1:]):
+            out = out + linear(x, block)  # broadcasts the leading dimensions
+        return out
+
+
+class MLP(nn.Sequential):
+    """A fully connected network on one or more inputs, whose last layer is linear.
 
     Parameters
     ----------
-    in_dim, out_dim
-        Input and output widths.
+    in_dims
+        Widths of the inputs (their concatenation is the network's input).
     hidden_dims
         Widths of the hidden layers (may be empty: then one linear layer).
+    out_dim
+        Output width.
     dropout
         Dropout rate after each hidden layer.
     """
-    layers: list[nn.Module] = []
-    for width_in, width_out in zip([in_dim, *hidden_dims], hidden_dims):
-        layers += [
-            nn.Linear(width_in, width_out),
-            nn.LayerNorm(width_out),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-        ]
-    layers.append(nn.Linear(([in_dim, *hidden_dims])[-1], out_dim))
-    return nn.Sequential(*layers)
 
+    def __init__(
+        self, in_dims: list[int], hidden_dims: list[int], out_dim: int, dropout: float
+    ) -> None:
+        widths = [*hidden_dims, out_dim]
+        layers: list[nn.Module] = [ConcatLinear(in_dims, widths[0])]
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.LayerNorm(width_in), nn.ReLU(), nn.Dropout(dropout)]
+            layers.append(nn.Linear(width_in, width_out))
+        super().__init__(*layers)
 
-def broadcast_cat(*inputs: torch.Tensor) -> torch.Tensor:
-    """Concatenate along the last dimension after broadcasting all leading dimensions.
-
-    Under enumeration y is ``[K, 1, K]`` while z₁ is ``[batch, d]``: both become
-    ``[K, batch, ·]`` before they are joined.
-    """
-    shape = broadcast_shape(*(t.shape[:-1] for t in inputs))
-    return torch.cat([t.expand(*shape, t.shape[-1]) for t in inputs], dim=-1)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        first, *rest = self.children()
+        out = first(*inputs)
+        for layer in rest:
+            out = layer(out)
+        return out
 
 
 class GaussianNet(nn.Module):
-    """Maps its (broadcast, concatenated) inputs to the loc and scale of a diagonal Normal."""
+    """Maps its inputs (broadcast against each other) to the loc and scale of a diagonal Normal."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dims: list[int], dropout: float) -> None:
+    def __init__(
+        self, in_dims: list[int], out_dim: int, hidden_dims: list[int], dropout: float
+    ) -> None:
         super().__init__()
-        self.mlp = make_mlp(in_dim, hidden_dims, 2 * out_dim, dropout)
+        self.mlp = MLP(in_dims, hidden_dims, 2 * out_dim, dropout)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.mlp(broadcast_cat(*inputs)).chunk(2, dim=-1)  # [..., out] each
+        loc, raw_scale = self.mlp(*inputs).chunk(2, dim=-1)  # [..., out] each
         return loc, softplus(raw_scale) + MIN_SCALE
 
 
@@ -82,7 +109,7 @@ class Classifier(nn.Module):
 
     def __init__(self, latent_dim: int, n_classes: int, hidden_dims: list[int], dropout: float):
         super().__init__()
-        self.mlp = make_mlp(latent_dim, hidden_dims, n_classes, dropout)
+        self.mlp = MLP([latent_dim], hidden_dims, n_classes, dropout)
 
     def forward(self, z1: torch.Tensor) -> torch.Tensor:
         return self.mlp(z1)  # [batch, K] logits
@@ -91,14 +118,16 @@ class Classifier(nn.Module):
 class XDecoder(nn.Module):
     """p(x | z₁, l): the gene proportions ρ (a softmax over genes) and the zero-inflation logits."""
 
-    def __init__(self, in_dim: int, n_genes: int, hidden_dims: list[int], dropout: float) -> None:
+    def __init__(
+        self, in_dims: list[int], n_genes: int, hidden_dims: list[int], dropout: float
+    ) -> None:
         super().__init__()
-        self.hidden = make_mlp(in_dim, hidden_dims[:-1], hidden_dims[-1], dropout)
+        self.hidden = MLP(in_dims, hidden_dims[:-1], hidden_dims[-1], dropout)
         self.hidden_activation = nn.Sequential(nn.LayerNorm(hidden_dims[-1]), nn.ReLU())
         self.rho_logits = nn.Linear(hidden_dims[-1], n_genes)
         self.zi_logits = nn.Linear(hidden_dims[-1], n_genes)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.hidden_activation(self.hidden(broadcast_cat(*inputs)))  # [batch, H]
+        hidden = self.hidden_activation(self.hidden(*inputs))  # [batch, H]
         rho = torch.softmax(self.rho_logits(hidden), dim=-1)  # [batch, G], rows sum to 1
         return rho, self.zi_logits(hidden)  # [batch, G] each

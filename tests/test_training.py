@@ -87,3 +87,38 @@ def test_compiled_elbo_gives_the_same_loss_as_uncompiled(n_batches):
         ragged = compiled.step(x[:10], y[:10], None if batch is None else batch[:10])
         pyro.set_rng_seed(7)
         assert ragged == plain.step(x[:10], y[:10], None if batch is None else batch[:10])
+
+
+def test_joint_adam_makes_clipped_adams_update():
+    """One foreach update of all parameters = Pyro's ClippedAdam, parameter by parameter."""
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    from pyro_scvae.training import JointAdam
+
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(5)]
+    grads = [[torch.randn(4, 3) * 50, torch.randn(5) * 300] for _ in range(3)]  # some clipped
+    ours = [p.clone().requires_grad_() for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    joint, reference = (
+        JointAdam(lr=0.01, clip_value=100.0),
+        ClippedAdam(theirs, lr=0.01, clip_norm=100.0),
+    )
+    for step in grads:
+        for p, q, g in zip(ours, theirs, step):
+            p.grad, q.grad = g.clone(), g.clone()
+        joint(ours)
+        reference.step()
+    for p, q, p0 in zip(ours, theirs, start):
+        assert not torch.equal(p, p0)
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_diverging_training_stops_with_a_clear_error(simulated, monkeypatch):
+    from pyro_scvae.data import InputError
+
+    PyroSCVAE.setup_anndata(simulated, labels_key="label")
+    model = PyroSCVAE(simulated, seed=0)
+    monkeypatch.setattr(Stepper, "step", lambda self, x, y, batch: float("nan"))
+    with pytest.raises(InputError, match="diverged in epoch 1.*learning rate"):
+        model.fit(epochs=2, progress=False)
