@@ -34,7 +34,6 @@ from pyro_scvae.data import (
     PyroSCVAEWarning,
     count_matrix,
     encode_labels,
-    gene_selection,
     library_prior,
     take_rows,
 )
@@ -468,10 +467,11 @@ def match_genes(
             PyroSCVAEWarning,
             stacklevel=3,
         )
-    if isinstance(counts, BackedCounts):
-        return counts.select_genes(gene_selection(genes, model_genes))  # stays on disk
     rows, cols = zip(*found)
     selection = sp.csr_matrix(
         (np.ones(len(found), np.float32), (rows, cols)), shape=(len(genes), len(model_genes))
     )
+    if isinstance(counts, BackedCounts):  # stays on disk: each chunk read is multiplied
+        same = list(map(str, genes)) == list(model_genes)
+        return counts.select_genes(None if same else selection)
     return sp.csr_matrix(counts @ selection)

@@ -105,6 +105,15 @@ def read_adata(path: str | Path, backed: bool = False) -> ad.AnnData:
         raise InputError(f"cannot read {path} as an .h5ad file ({type(error).__name__})") from None
 
 
+def check_backed_layer(backed: bool, layer: str | None) -> None:
+    """``--backed`` reads ``.X`` from disk: with ``--layer`` it is an :class:`InputError`."""
+    if backed and layer is not None:
+        raise InputError(
+            "--backed reads the counts from .X on disk, and anndata loads layers into memory; "
+            "write the counts to .X to use --backed, or leave out --backed"
+        )
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path) -> Iterator[Path]:
     """A temporary folder that replaces ``out`` only if the block finishes without error."""

@@ -8,6 +8,7 @@ wrong and what to do; the command line turns it into a one-line error.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,15 +167,9 @@ class BackedCounts:
 
     def _read_file_rows(self, sorted_rows: np.ndarray) -> sp.csr_matrix:
         """CSR of the file rows ``sorted_rows`` (increasing, unique), all file genes."""
-        x = self._dataset()
         if len(sorted_rows) == 0:
             return sp.csr_matrix((0, self.file_shape[1]), dtype=np.float32)
-        first, last = int(sorted_rows[0]), int(sorted_rows[-1]) + 1
-        if last - first <= 2 * len(sorted_rows):
-            # Dense enough: one contiguous read, then keep the rows asked for.
-            block = sp.csr_matrix(x[first:last], dtype=np.float32)  # [last - first, G_file]
-            return block if last - first == len(sorted_rows) else block[sorted_rows - first]
-        return sp.csr_matrix(x[sorted_rows], dtype=np.float32)  # [rows, G_file]
+        return sp.csr_matrix(read_rows(self._dataset(), sorted_rows), dtype=np.float32)
 
     # ------------------------------------------------------------------ matrix-like
     @property
@@ -236,6 +231,67 @@ class BackedCounts:
         if self.selection is not None:
             selection = sp.csr_matrix(self.selection @ selection)
         return BackedCounts(self.path, self.rows, selection)
+
+
+def read_rows(x, sorted_rows: np.ndarray) -> sp.csr_matrix | np.ndarray:
+    """The rows ``sorted_rows`` (increasing, unique, at least one) of a matrix in a file.
+
+    ``x`` is anndata's backed sparse dataset or an h5py dataset; the rows come back in
+    its own format and dtype. Rows dense enough are read in one contiguous block.
+    """
+    first, last = int(sorted_rows[0]), int(sorted_rows[-1]) + 1
+    if last - first <= 2 * len(sorted_rows):
+        # Dense enough: one contiguous read, then keep the rows asked for.
+        block = x[first:last]  # [last - first, G_file]
+        return block if last - first == len(sorted_rows) else block[sorted_rows - first]
+    return x[sorted_rows]  # [rows, G_file]
+
+
+def write_h5ad_rows(adata: ad.AnnData, rows: np.ndarray, path: str | Path) -> None:
+    """Write the cells ``rows`` (increasing positions) of a backed AnnData to a new ``.h5ad``.
+
+    The file is the one ``adata[rows].copy().write_h5ad(path)`` writes for an AnnData in
+    memory (unused categories of ``obs`` columns removed as well), but ``.X`` and
+    ``raw.X`` are copied from the file in chunks of :data:`CHUNK_ROWS` rows: memory holds
+    one chunk of them, where anndata's own writer reads each array of a backed ``.X``
+    whole. Everything else is in memory in backed mode already and is written by anndata.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    view = adata[rows]
+    keys = ("obs", "var", "obsm", "varm", "obsp", "varp", "layers")
+    without_x = ad.AnnData(
+        **{key: getattr(view, key).copy() for key in keys}, uns=deepcopy(dict(view.uns))
+    )
+    without_x.write_h5ad(path)
+    with h5py.File(adata.filename, "r") as source, h5py.File(path, "a") as target:
+        _copy_rows(source["X"], target, "X", rows)
+        if adata.raw is not None:
+            raw = target.create_group("raw")
+            raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
+            _copy_rows(source["raw/X"], raw, "X", rows)
+            ad.io.write_elem(raw, "var", adata.raw.var)
+            ad.io.write_elem(raw, "varm", dict(adata.raw.varm))
+
+
+def _copy_rows(element: h5py.Dataset | h5py.Group, target: h5py.Group, key: str, rows) -> None:
+    """The ``rows`` of a matrix stored in a file, written to ``target[key]`` chunk by chunk."""
+    dense = isinstance(element, h5py.Dataset)
+    x = element if dense else ad.io.sparse_dataset(element)
+    starts = range(0, len(rows), CHUNK_ROWS)
+    chunks = (read_rows(x, rows[start : start + CHUNK_ROWS]) for start in starts)
+    if dense:
+        written = target.create_dataset(key, shape=(len(rows), x.shape[1]), dtype=x.dtype)
+        written.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        for start, chunk in zip(starts, chunks):
+            written[start : start + len(chunk)] = chunk
+        return
+    # indptr as wide as the file's: appending to a 32-bit one overflows past 2³¹ counts.
+    first = next(chunks, x[0:0])
+    indptr = {"indptr_dtype": element["indptr"].dtype}
+    ad.io.write_elem(target, key, first, dataset_kwargs=indptr)
+    written = ad.io.sparse_dataset(target[key])
+    for chunk in chunks:
+        written.append(chunk)
 
 
 def gene_selection(genes: pd.Index, wanted: pd.Index | list[str]) -> sp.csr_matrix | None:

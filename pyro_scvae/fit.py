@@ -25,6 +25,7 @@ from pyro_scvae.data import (
     gene_selection,
     load_pbmc68k_counts,
     seurat_v3_genes,
+    write_h5ad_rows,
 )
 from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_embedding, umap_coordinates
 
@@ -157,11 +158,7 @@ def load_training_data(args) -> tuple[ad.AnnData, str]:
     """The AnnData to train on (checked, genes selected, empty cells dropped) and its labels key."""
     if args.backed and args.adata is None:
         raise InputError("--backed needs --adata (the .h5ad file to read from disk)")
-    if args.backed and args.layer is not None:
-        raise InputError(
-            "--backed reads the counts from .X on disk, and anndata loads layers into memory; "
-            "write the counts to .X to use --backed, or leave out --backed"
-        )
+    cli.check_backed_layer(args.backed, args.layer)
     if args.adata is None:
         adata, labels_key = load_pbmc68k_counts(), args.labels_key or DEFAULT_LABELS_KEY
     else:
@@ -217,6 +214,15 @@ def select_genes(adata: ad.AnnData, n_top_genes: int, layer: str | None) -> ad.A
 
 def drop_empty_cells(adata: ad.AnnData, layer: str | None) -> ad.AnnData:
     """Remove cells without a single count, with a warning that says how many."""
+    cells = nonempty_cells(adata, layer)
+    return adata if cells.all() else adata[cells].copy()
+
+
+def nonempty_cells(adata: ad.AnnData, layer: str | None) -> np.ndarray:
+    """Boolean mask ``[cells]`` of the cells with counts; a warning says how many have none.
+
+    The counts are checked first; on disk (a backed AnnData) both passes go in chunks.
+    """
     totals = np.asarray(count_matrix(adata, layer).sum(axis=1)).ravel()
     if (totals == 0).all():
         raise InputError("every cell has zero counts")
@@ -224,10 +230,9 @@ def drop_empty_cells(adata: ad.AnnData, layer: str | None) -> ad.AnnData:
         warnings.warn(
             f"{int((totals == 0).sum())} cells with zero counts were dropped",
             PyroSCVAEWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        adata = adata[totals > 0].copy()
-    return adata
+    return totals > 0
 
 
 def run(args) -> None:
@@ -276,15 +281,29 @@ def run(args) -> None:
 
 
 def annotate_and_write(
-    model: PyroSCVAE, adata: ad.AnnData, settings: dict, out: Path, min_confidence: float
+    model: PyroSCVAE,
+    adata: ad.AnnData,
+    settings: dict,
+    out: Path,
+    min_confidence: float,
+    cells: np.ndarray | None = None,
 ) -> None:
-    """``predictions.csv`` and ``annotated.h5ad`` for ``adata`` in ``out``."""
+    """``predictions.csv`` and ``annotated.h5ad`` for ``adata`` in ``out``.
+
+    With ``cells`` (a boolean mask; ``adata`` must be backed) both files hold only those
+    cells, and the rows of ``.X`` are copied from the file in chunks
+    (:func:`~pyro_scvae.data.write_h5ad_rows`).
+    """
     probabilities = model.predict(adata, soft=True)
     model.annotate(adata, min_confidence=min_confidence)  # calls, confidences, latent z₁
     calls = adata.obs["pyro_scvae_prediction"].astype(str)
-    cli.write_predictions(probabilities, calls, out / "predictions.csv")
     adata.uns["pyro_scvae"] = settings
-    adata.write_h5ad(out / "annotated.h5ad")
+    if cells is None:
+        cli.write_predictions(probabilities, calls, out / "predictions.csv")
+        adata.write_h5ad(out / "annotated.h5ad")
+    else:
+        cli.write_predictions(probabilities[cells], calls[cells], out / "predictions.csv")
+        write_h5ad_rows(adata, np.flatnonzero(cells), out / "annotated.h5ad")
 
 
 def write_outputs(model, adata, training_adata, settings, out: Path, args) -> dict:

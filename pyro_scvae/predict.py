@@ -1,7 +1,10 @@
 """``python -m pyro_scvae.predict``: annotate new cells with a saved model, without retraining.
 
 Genes are matched by name: genes the model needs but the data lack count as zero (with
-a warning that says how many); too few shared genes is an error.
+a warning that says how many); too few shared genes is an error. Cells with zero counts
+are left out of the outputs (with a warning). With ``--backed`` the counts stay on disk
+and are read in chunks: memory grows with the number of cells only through the outputs
+(calls, probabilities, latent z₁) and ``obs``.
 """
 
 from __future__ import annotations
@@ -10,8 +13,7 @@ import sys
 
 from pyro_scvae import cli
 from pyro_scvae.api import PyroSCVAE
-from pyro_scvae.data import count_matrix
-from pyro_scvae.fit import annotate_and_write, drop_empty_cells
+from pyro_scvae.fit import annotate_and_write, drop_empty_cells, nonempty_cells
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -28,6 +30,13 @@ def build_parser() -> cli.ArgumentParser:
     )
     parser.add_argument("--adata", metavar="PATH", required=True, help=".h5ad file of raw counts")
     parser.add_argument("--layer", help="layer holding the raw counts (default: the model's)")
+    parser.add_argument(
+        "--backed",
+        action="store_true",
+        help="leave .X of the --adata file on disk (anndata backed mode) and read it in "
+        "chunks, for data larger than memory. The counts must be in .X, stored CSR "
+        "(--layer and the model's layer do not apply)",
+    )
     parser.add_argument(
         "--min-confidence",
         type=cli.probability,
@@ -51,19 +60,26 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def run(args) -> None:
+    cli.check_backed_layer(args.backed, args.layer)
     model = PyroSCVAE.load(args.model, device=args.device)
-    if args.layer is not None:
+    if args.backed:
+        model.setup["layer"] = None  # backed: the counts are .X, whatever the model's layer
+    elif args.layer is not None:
         model.setup["layer"] = args.layer
-    adata = cli.read_adata(args.adata)
-    count_matrix(adata, model.setup["layer"])
-    adata = drop_empty_cells(adata, model.setup["layer"])
+    adata = cli.read_adata(args.adata, backed=args.backed)
+    cells = None  # in memory, the cells without counts are dropped from adata itself
+    if adata.isbacked:  # a backed AnnData cannot be copied: they are left out when writing
+        cells = nonempty_cells(adata, None)
+    else:
+        adata = drop_empty_cells(adata, model.setup["layer"])
     settings = cli.json_ready({**vars(args), "classes": model.classes})
     with cli.atomic_output_dir(args.out) as out:
-        annotate_and_write(model, adata, settings, out, args.min_confidence)
+        annotate_and_write(model, adata, settings, out, args.min_confidence, cells)
     if not args.quiet:
-        counts = adata.obs["pyro_scvae_prediction"].value_counts()
-        print(f"annotated {adata.n_obs} cells; outputs written to {args.out}/")
-        print(counts.to_string())
+        calls = adata.obs["pyro_scvae_prediction"]
+        calls = calls if cells is None else calls[cells].cat.remove_unused_categories()
+        print(f"annotated {len(calls)} cells; outputs written to {args.out}/")
+        print(calls.value_counts().to_string())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,15 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from pyro_scvae import PyroSCVAE, data, fit
+from pyro_scvae import PyroSCVAE, data, fit, predict
+from pyro_scvae.api import match_genes
 from pyro_scvae.data import (
     BackedCounts,
     InputError,
     count_matrix,
     seurat_v3_genes,
     take_rows,
+    write_h5ad_rows,
 )
 from pyro_scvae.simulate import simulate_counts
 
@@ -187,3 +189,116 @@ def test_fit_backed_needs_a_file_and_counts_in_x(h5ad_file, capsys):
     assert "--backed needs --adata" in capsys.readouterr().err
     assert fit_cli("--adata", str(h5ad_file), "--backed", "--layer", "counts") == 2
     assert "write the counts to .X" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def saved_model(h5ad_file, tmp_path_factory):
+    """A model trained for two epochs on ``h5ad_file`` in memory, saved to disk."""
+    adata = ad.read_h5ad(h5ad_file)
+    PyroSCVAE.setup_anndata(adata, labels_key="label", batch_key="batch")
+    with pytest.warns(UserWarning, match="zero counts"):
+        model = PyroSCVAE(adata, seed=0)
+    model.fit(epochs=2, batch_size=64, progress=False)
+    path = tmp_path_factory.mktemp("model") / "model"
+    model.save(path)
+    return path
+
+
+def predict_cli(model, query, out, *args: str) -> int:
+    return predict.main(["--model", str(model), "--adata", str(query), "--out", str(out), *args])
+
+
+@pytest.mark.parametrize("genes", ["all", "shuffled subset"])
+def test_predict_backed_flag_matches_in_memory(
+    h5ad_file, saved_model, tmp_path, small_chunks, capsys, genes
+):
+    query = h5ad_file
+    if genes == "shuffled subset":
+        adata = ad.read_h5ad(h5ad_file)
+        rng = np.random.default_rng(1)
+        adata[:, rng.permutation(N_GENES)[:40]].copy().write_h5ad(tmp_path / "query.h5ad")
+        query = tmp_path / "query.h5ad"
+    assert predict_cli(saved_model, query, tmp_path / "memory") == 0
+    printed = capsys.readouterr()
+    assert predict_cli(saved_model, query, tmp_path / "backed", "--backed") == 0
+    backed_printed = capsys.readouterr()  # the same warnings and summary in both modes
+    assert backed_printed.err == printed.err
+    assert backed_printed.out == printed.out.replace("memory", "backed")
+    assert "warning: 1 cells with zero counts were dropped" in printed.err
+    assert ("10 of the model's 50 genes are missing" in printed.err) == (genes != "all")
+    assert f"annotated {N_CELLS - 1} cells" in printed.out
+
+    tables = {
+        m: pd.read_csv(tmp_path / m / "predictions.csv", index_col="cell")
+        for m in ("memory", "backed")
+    }
+    assert f"cell_{EMPTY_CELL}" not in tables["backed"].index  # dropped, as in memory
+    pd.testing.assert_frame_equal(tables["backed"], tables["memory"])
+
+    annotated = {m: ad.read_h5ad(tmp_path / m / "annotated.h5ad") for m in ("memory", "backed")}
+    memory, backed = annotated["memory"], annotated["backed"]
+    assert backed.shape == memory.shape == (N_CELLS - 1, 40 if genes != "all" else N_GENES)
+    assert same(backed.X, memory.X)
+    pd.testing.assert_frame_equal(backed.obs, memory.obs)
+    np.testing.assert_allclose(
+        backed.obsm["X_pyro_scvae"], memory.obsm["X_pyro_scvae"], rtol=1e-5, atol=1e-6
+    )
+    settings = {m: dict(a.uns["pyro_scvae"]) for m, a in annotated.items()}
+    assert settings["backed"].pop("backed") and not settings["memory"].pop("backed")
+    assert settings["backed"].pop("out") != settings["memory"].pop("out")
+    np.testing.assert_equal(settings["backed"], settings["memory"])
+
+
+def test_predict_backed_needs_counts_in_x(h5ad_file, saved_model, tmp_path, capsys):
+    status = predict_cli(saved_model, h5ad_file, tmp_path / "p", "--backed", "--layer", "c")
+    assert status == 2 and "write the counts to .X" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_gene_matching_on_disk_is_the_in_memory_one(h5ad_file, tmp_path):
+    """Shuffled, missing and repeated gene names: the same columns on disk as in memory."""
+    adata = ad.read_h5ad(h5ad_file)
+    others = np.random.default_rng(2).permutation(np.arange(4, N_GENES))[:34]
+    columns = np.r_[3, others, 2]  # 35 of the 50 genes, shuffled, and the counts of gene 2 ...
+    names = adata.var_names[np.r_[3, others, 3]]  # ... under the name of gene 3 as well
+    with pytest.warns(UserWarning, match="names are not unique"):
+        query = ad.AnnData(X=adata.X[:, columns], obs=adata.obs, var=pd.DataFrame(index=names))
+        query.write_h5ad(tmp_path / "repeated.h5ad")
+        backed = ad.read_h5ad(tmp_path / "repeated.h5ad", backed="r")
+    model_genes = list(adata.var_names)
+    matched = {}
+    for mode, counts in (("memory", count_matrix(query)), ("backed", count_matrix(backed))):
+        with pytest.warns(UserWarning, match="15 of the model's 50 genes are missing"):
+            matched[mode] = match_genes(counts, query.var_names, model_genes)
+    assert isinstance(matched["backed"], BackedCounts)
+    assert same(matched["backed"][:], matched["memory"])
+
+
+def test_write_h5ad_rows_writes_what_memory_writes(tmp_path, small_chunks):
+    """Sparse or dense .X, raw, layers, obsm and a category only the left-out cells have."""
+    adata = simulate_counts(n_cells=200, n_genes=20, n_classes=3, seed=4)
+    adata.obs["group"] = pd.Categorical(np.where(np.arange(200) < 3, "first", "rest"))
+    adata.obsm["coords"] = np.arange(400, dtype=np.float64).reshape(200, 2)
+    adata.layers["counts"] = adata.X.copy()
+    adata.raw = adata.copy()
+    adata.uns["note"] = {"a": 1}
+    rows = np.flatnonzero(np.arange(200) % 7 != 0)[3:]  # cells 0-2 ("first") left out
+    for dense in (False, True):
+        if dense:
+            adata.X = adata.X.toarray()
+        folder = tmp_path / ("dense" if dense else "sparse")
+        folder.mkdir()
+        adata.write_h5ad(folder / "in.h5ad")
+        adata[rows].copy().write_h5ad(folder / "memory.h5ad")
+        write_h5ad_rows(ad.read_h5ad(folder / "in.h5ad", backed="r"), rows, folder / "rows.h5ad")
+        expected, written = (ad.read_h5ad(folder / f) for f in ("memory.h5ad", "rows.h5ad"))
+        assert type(written.X) is type(expected.X) and written.X.dtype == expected.X.dtype
+        assert (abs(written.X - expected.X)).sum() == 0 and written.shape == (len(rows), 20)
+        assert same(written.raw.X, expected.raw.X)
+        pd.testing.assert_frame_equal(written.raw.var, expected.raw.var)
+        pd.testing.assert_frame_equal(written.obs, expected.obs)
+        assert list(written.obs["group"].cat.categories) == ["rest"]
+        pd.testing.assert_frame_equal(written.var, expected.var)
+        np.testing.assert_array_equal(written.obsm["coords"], expected.obsm["coords"])
+        assert same(written.layers["counts"], expected.layers["counts"])
+        assert written.uns["note"] == expected.uns["note"] == {"a": 1}
