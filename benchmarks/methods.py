@@ -333,6 +333,17 @@ def fit_predict_celltypist(
     return proba, info
 
 
+def _scanvi_data(adata: ad.AnnData, seed: int) -> tuple[ad.AnnData, np.ndarray]:
+    """What both SCANVI variants start from: scvi-tools seeded and quiet (:func:`quiet_scvi`),
+    a copy of ``adata`` whose query cells have the :data:`UNLABELLED` training label, and
+    the boolean mask of its query cells.
+    """
+    quiet_scvi(seed)
+    data = with_training_labels(adata, UNLABELLED)
+    _, query = _split(data)
+    return data, query
+
+
 def fit_predict_scanvi_recipe(
     adata: ad.AnnData,
     seed: int,
@@ -363,9 +374,7 @@ def fit_predict_scanvi_recipe(
     """
     import scvi
 
-    quiet_scvi(seed)
-    data = with_training_labels(adata, UNLABELLED)
-    _, query = _split(data)
+    data, query = _scanvi_data(adata, seed)
     info: Info = {"scvi_epochs": epochs, "scanvi_epochs": scanvi_epochs}
     with _timer(info, "train_s"):
         scvi.model.SCVI.setup_anndata(data, batch_key=_batch_key(data))
@@ -403,9 +412,7 @@ def fit_predict_scanvi_direct(
     """
     import scvi
 
-    quiet_scvi(seed)
-    data = with_training_labels(adata, UNLABELLED)
-    _, query = _split(data)
+    data, query = _scanvi_data(adata, seed)
     info: Info = {}
     with _timer(info, "train_s"):
         scvi.model.SCANVI.setup_anndata(
