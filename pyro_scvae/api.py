@@ -374,12 +374,20 @@ class PyroSCVAE:
         return self._encode(*self._query_arrays(adata))[0]
 
     def annotate(self, adata: ad.AnnData | None = None, min_confidence: float = 0.0) -> ad.AnnData:
-        """Write predictions, confidences and the latent z₁ into ``adata`` (in place)."""
+        """Write predictions, confidences, class probabilities and z₁ into ``adata`` (in place).
+
+        Adds ``obs["pyro_scvae_prediction"]``, ``obs["pyro_scvae_confidence"]`` (the largest
+        probability), ``obsm["pyro_scvae_probabilities"]`` (a cells × classes DataFrame) and
+        ``obsm["X_pyro_scvae"]`` (the posterior mean of z₁, for ``sc.pp.neighbors``/UMAP).
+        """
         latent, probabilities = self._encode(*self._query_arrays(adata))
         adata = self.adata if adata is None else adata
         calls = self._hard_calls(probabilities, min_confidence)
         adata.obs["pyro_scvae_prediction"] = pd.Categorical(calls)
         adata.obs["pyro_scvae_confidence"] = probabilities.max(1)
+        adata.obsm["pyro_scvae_probabilities"] = pd.DataFrame(
+            probabilities, index=adata.obs_names, columns=self.classes
+        )
         adata.obsm["X_pyro_scvae"] = latent
         return adata
 

@@ -294,8 +294,8 @@ def annotate_and_write(
     cells, and the rows of ``.X`` are copied from the file in chunks
     (:func:`~pyro_scvae.data.write_h5ad_rows`).
     """
-    probabilities = model.predict(adata, soft=True)
-    model.annotate(adata, min_confidence=min_confidence)  # calls, confidences, latent z₁
+    model.annotate(adata, min_confidence=min_confidence)  # calls, probabilities, latent z₁
+    probabilities = adata.obsm["pyro_scvae_probabilities"]
     calls = adata.obs["pyro_scvae_prediction"].astype(str)
     adata.uns["pyro_scvae"] = settings
     if cells is None:

@@ -104,6 +104,9 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     annotated = ad.read_h5ad(out / "annotated.h5ad")
     assert annotated.n_vars == 80  # the input, every gene
     assert annotated.obsm["X_pyro_scvae"].shape == (300, 30)
+    stored = annotated.obsm["pyro_scvae_probabilities"]
+    assert list(stored.columns) == classes
+    np.testing.assert_allclose(stored.to_numpy(), probs, rtol=1e-6)
     assert (annotated.obs["pyro_scvae_prediction"].astype(str) == predictions["predicted"]).all()
     assert annotated.uns["pyro_scvae"]["seed"] == 7
     assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40
