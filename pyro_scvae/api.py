@@ -39,7 +39,7 @@ from pyro_scvae.data import (
 )
 from pyro_scvae.evaluation import classification_metrics
 from pyro_scvae.model import HierarchicalVAE, ModelConfig
-from pyro_scvae.training import History, TrainingConfig, resolve_device, train
+from pyro_scvae.training import History, TrainingConfig, lr_factor, resolve_device, train
 
 SETUP_KEY = "_pyro_scvae_setup"
 UNASSIGNED = "Unassigned"
@@ -67,8 +67,10 @@ class PyroSCVAE:
     class_prior
         ``"uniform"`` or ``"frequencies"`` (label frequencies of the labelled cells) for p(y).
     balance_classes
-        Weigh the classification term of each labelled cell by the inverse frequency of
-        its class (mean weight 1), so that rare types count as much as common ones.
+        Weigh the classification term of each labelled cell by a power of the inverse
+        frequency of its class, ``n_y ** -p`` scaled to mean 1 over the labelled cells:
+        ``True`` is p = 1 (rare types count as much as common ones in total), a number in
+        [0, 1] is p itself (0.5 balances half-way, on a log scale), ``False`` is p = 0.
     seed
         Seeds the initial weights (and, unless ``fit`` is given another, training).
     """
@@ -82,7 +84,7 @@ class PyroSCVAE:
         dropout: float = 0.1,
         alpha: float = 50.0,
         class_prior: str = "uniform",
-        balance_classes: bool = False,
+        balance_classes: bool | float = False,
         seed: int = 0,
     ) -> None:
         if SETUP_KEY not in adata.uns:
@@ -136,13 +138,15 @@ class PyroSCVAE:
             prior = torch.tensor(frequencies / frequencies.sum(), dtype=torch.float32)
         self.class_prior = class_prior
         self.balance_classes = balance_classes
+        power = float(balance_classes)
+        if not 0.0 <= power <= 1.0:
+            raise InputError(f"balance_classes must be True, False or in [0, 1], not {power}")
         weights = None
-        if balance_classes:
+        if power > 0:
             counts_per_class = np.bincount(labels[labels >= 0], minlength=len(self.classes))
-            weights = torch.tensor(
-                counts_per_class.sum() / (len(self.classes) * counts_per_class.clip(1)),
-                dtype=torch.float32,
-            )  # [K]
+            weights = counts_per_class.clip(1) ** -power  # [K]
+            weights *= counts_per_class.sum() / (counts_per_class * weights).sum()  # mean 1
+            weights = torch.tensor(weights, dtype=torch.float32)
         torch.manual_seed(seed)
         self.module = HierarchicalVAE(self.config, loc, scale, prior, weights)
         self.genes = list(map(str, adata.var_names))
@@ -220,6 +224,7 @@ class PyroSCVAE:
         epochs: int | None = None,
         batch_size: int = 128,
         lr: float = 3e-3,
+        lr_schedule: str = "constant",
         seed: int | None = None,
         device: str = "auto",
         validation_fraction: float = 0.0,
@@ -235,6 +240,9 @@ class PyroSCVAE:
         ----------
         epochs
             Passes over the data; by default chosen from the number of cells.
+        lr, lr_schedule
+            Learning rate of Adam and its schedule over epochs (``"constant"`` or
+            ``"cosine"``, see :class:`~pyro_scvae.training.TrainingConfig`).
         validation_fraction
             Fraction of the labelled cells whose labels are hidden from training and
             used to report accuracy and F1 (``validation_metrics``).
@@ -250,12 +258,14 @@ class PyroSCVAE:
         """
         if not 0.0 <= validation_fraction < 1.0:
             raise InputError("validation_fraction must be in [0, 1)")
+        lr_factor(lr_schedule, 0, 1)  # an unknown schedule fails here, before any work
         seed = self.seed if seed is None else seed
         epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
         self.training_config = TrainingConfig(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            lr_schedule=lr_schedule,
             seed=seed,
             device=device,
             progress=progress,

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pyro_scvae.data import CellData, InputError, minibatches
 from pyro_scvae.model import HierarchicalVAE
-from pyro_scvae.training import History, TrainingConfig
+from pyro_scvae.training import History, TrainingConfig, lr_factor
 
 #: Element-wise gradient clipping of Pyro's ClippedAdam, as in single-process training.
 CLIP_NORM = 100.0
@@ -259,8 +259,15 @@ class ELBOLightningModule(L.LightningModule):
         gathered = self.all_gather(weights).reshape(-1, weights.numel())  # [W, P]
         self.replica_difference.fill_((gathered - gathered[:1]).abs().max())
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return ClippedAdam(self.vae.parameters(), lr=self.config.lr, clip_norm=CLIP_NORM)
+    def configure_optimizers(self) -> dict:
+        optimiser = ClippedAdam(self.vae.parameters(), lr=self.config.lr, clip_norm=CLIP_NORM)
+        schedule = torch.optim.lr_scheduler.LambdaLR(  # per epoch, as in single-process training
+            optimiser, lambda epoch: lr_factor(self.config.lr_schedule, epoch, self.config.epochs)
+        )
+        return {
+            "optimizer": optimiser,
+            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
+        }
 
 
 def quiet_lightning_logs() -> dict[str, int]:

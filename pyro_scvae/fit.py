@@ -7,6 +7,7 @@ accuracy on them and writes everything to ``./pyro_scvae_out/``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -28,6 +29,7 @@ from pyro_scvae.data import (
     write_h5ad_rows,
 )
 from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_embedding, umap_coordinates
+from pyro_scvae.training import LR_SCHEDULES
 
 DEFAULT_LABELS_KEY = "bulk_labels"
 MAX_UMAP_CELLS = 50_000
@@ -80,6 +82,55 @@ def build_parser() -> cli.ArgumentParser:
         "every full pass (count checks, library sizes, highly variable genes) goes in "
         "chunks. The counts must be in .X, stored CSR",
     )
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(PyroSCVAE.__init__).parameters.items()
+    }
+    model = parser.add_argument_group("model (see MODEL.md)")
+    model.add_argument(
+        "--n-latent",
+        type=cli.positive_int,
+        default=defaults["n_latent"],
+        help="dimension of z1 and z2 (default: %(default)s)",
+    )
+    model.add_argument(
+        "--n-hidden",
+        type=cli.positive_int,
+        default=defaults["n_hidden"],
+        help="width of the hidden layers (default: %(default)s)",
+    )
+    model.add_argument(
+        "--n-layers",
+        type=cli.positive_int,
+        default=defaults["n_layers"],
+        help="hidden layers per network (default: %(default)s)",
+    )
+    model.add_argument(
+        "--dropout",
+        type=cli.fraction,
+        default=defaults["dropout"],
+        help="dropout rate of the encoders and the classifier (default: %(default)s)",
+    )
+    model.add_argument(
+        "--alpha",
+        type=cli.positive_float,
+        default=defaults["alpha"],
+        help="weight α of the classification term of labelled cells (default: %(default)s)",
+    )
+    model.add_argument(
+        "--balance-classes",
+        type=cli.probability,
+        default=float(defaults["balance_classes"]),
+        metavar="P",
+        help="weigh each labelled cell's classification term by n_class^-P (0: no "
+        "balancing, 1: every type counts the same in total; default: %(default)s)",
+    )
+    model.add_argument(
+        "--class-prior",
+        choices=["uniform", "frequencies"],
+        default=defaults["class_prior"],
+        help="p(y): uniform, or the label frequencies (default: %(default)s)",
+    )
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
@@ -94,6 +145,13 @@ def build_parser() -> cli.ArgumentParser:
     )
     training.add_argument(
         "--lr", type=cli.positive_float, default=3e-3, help="learning rate of Adam (default: 0.003)"
+    )
+    training.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="learning rate over the epochs: constant, or cosine decay towards 0 "
+        "(default: constant)",
     )
     training.add_argument(
         "--seed",
@@ -248,12 +306,23 @@ def run(args) -> None:
         count_matrix(query, args.layer)
         if not query.isbacked:
             query = drop_empty_cells(query, args.layer)
-    model = PyroSCVAE(training_adata, seed=args.seed)
+    model = PyroSCVAE(
+        training_adata,
+        n_latent=args.n_latent,
+        n_hidden=args.n_hidden,
+        n_layers=args.n_layers,
+        dropout=args.dropout,
+        alpha=args.alpha,
+        class_prior=args.class_prior,
+        balance_classes=args.balance_classes,
+        seed=args.seed,
+    )
     epochs = args.epochs or default_epochs(training_adata.n_obs)
     model.fit(
         epochs=epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         device=args.device,
         validation_fraction=args.validation_fraction,
         progress=not args.quiet,

@@ -15,6 +15,7 @@ same optimiser state) instead of being dropped.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,9 @@ class TrainingConfig:
         Show a progress bar with the current ELBO.
     jit
         Compile the loss of full-size minibatches with ``JitTraceEnum_ELBO``.
+    lr_schedule
+        ``"constant"``, or ``"cosine"``: the learning rate of epoch e (from 0) is
+        ``lr · (1 + cos(π e / epochs)) / 2``, falling smoothly towards 0 by the last epoch.
     """
 
     epochs: int = 100
@@ -59,6 +63,7 @@ class TrainingConfig:
     device: str = "auto"
     progress: bool = True
     jit: bool = False
+    lr_schedule: str = "constant"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +75,18 @@ class History:
 
     elbo: list[float] = field(default_factory=list)  # mean ELBO per cell (incl. α term)
     epoch_seconds: list[float] = field(default_factory=list)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Multiplier of the learning rate in ``epoch`` (0-based) of ``epochs``."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    raise InputError(f"unknown learning-rate schedule {schedule!r}; choose from {LR_SCHEDULES}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -104,6 +121,13 @@ class JointAdam(PyroOptim):
         self.lr, self.clip_value = lr, clip_value
         self.optimiser: torch.optim.Adam | None = None
 
+    def set_lr(self, lr: float) -> None:
+        """Learning rate of the following steps."""
+        self.lr = lr
+        if self.optimiser is not None:
+            for group in self.optimiser.param_groups:
+                group["lr"] = lr
+
     def __call__(self, params, *args, **kwargs) -> None:
         params = list(params)
         if self.optimiser is None:
@@ -126,7 +150,7 @@ class Stepper:
     """
 
     def __init__(self, vae: HierarchicalVAE, lr: float, jit_batch_size: int | None = None):
-        optimiser = JointAdam(lr)  # shared by both objectives
+        self.optimiser = optimiser = JointAdam(lr)  # shared by both objectives
         self.svi = SVI(vae.model, vae.guide, optimiser, loss=TraceEnum_ELBO(max_plate_nesting=1))
         self.jit_batch_size = jit_batch_size
         if jit_batch_size is not None:
@@ -171,7 +195,10 @@ def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> Histo
         epochs = tqdm(
             range(config.epochs), desc="training", unit="epoch", disable=not config.progress
         )
-        for _ in epochs:
+        for epoch in epochs:
+            stepper.optimiser.set_lr(
+                config.lr * lr_factor(config.lr_schedule, epoch, config.epochs)
+            )
             start = time.perf_counter()
             total_loss = 0.0
             for index, labelled in minibatches(data.labels, config.batch_size, rng):

@@ -99,3 +99,21 @@ def test_encode_labels_treats_missing_and_unlabelled_category_alike():
     codes, classes = encode_labels(labels, "unknown")
     assert classes == ["B", "T"]
     assert codes.tolist() == [0, -1, 1, -1, -1, 0]
+
+
+@pytest.mark.parametrize("power", [True, 0.5, 1.0])
+def test_balanced_classification_weights(simulated, power):
+    PyroSCVAE.setup_anndata(simulated, labels_key="label")
+    model = PyroSCVAE(simulated, alpha=10.0, balance_classes=power)
+    labels = model.data.labels[model.data.labels >= 0]
+    n = np.bincount(labels, minlength=len(model.classes)).astype(float)  # [K]
+    weights = model.module.classification_weight.numpy() / 10.0  # α_y / α
+    np.testing.assert_allclose((n * weights).sum() / n.sum(), 1.0, rtol=1e-5)  # mean 1
+    p = float(power)
+    np.testing.assert_allclose(weights * n**p, (weights * n**p)[0], rtol=1e-5)  # ∝ n^-p
+    if p == 1.0:
+        np.testing.assert_allclose(weights, n.sum() / (len(n) * n), rtol=1e-5)
+    unbalanced = PyroSCVAE(simulated, alpha=10.0).module.classification_weight.numpy()
+    np.testing.assert_allclose(unbalanced, 10.0)
+    with pytest.raises(InputError, match="balance_classes"):
+        PyroSCVAE(simulated, balance_classes=1.5)

@@ -66,12 +66,28 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
             "counts",
             "--n-top-genes",
             "40",
+            "--n-latent",
+            "8",
+            "--n-hidden",
+            "32",
+            "--n-layers",
+            "2",
+            "--dropout",
+            "0.2",
+            "--alpha",
+            "20",
+            "--balance-classes",
+            "0.5",
+            "--class-prior",
+            "frequencies",
             "--epochs",
             "3",
             "--batch-size",
             "64",
             "--lr",
             "0.005",
+            "--lr-schedule",
+            "cosine",
             "--seed",
             "7",
             "--device",
@@ -103,12 +119,17 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
 
     annotated = ad.read_h5ad(out / "annotated.h5ad")
     assert annotated.n_vars == 80  # the input, every gene
-    assert annotated.obsm["X_pyro_scvae"].shape == (300, 30)
+    assert annotated.obsm["X_pyro_scvae"].shape == (300, 8)
     stored = annotated.obsm["pyro_scvae_probabilities"]
     assert list(stored.columns) == classes
     np.testing.assert_allclose(stored.to_numpy(), probs, rtol=1e-6)
     assert (annotated.obs["pyro_scvae_prediction"].astype(str) == predictions["predicted"]).all()
     assert annotated.uns["pyro_scvae"]["seed"] == 7
+    assert annotated.uns["pyro_scvae"]["lr_schedule"] == "cosine"
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["model"] | {"n_latent": 8, "n_hidden": 32, "n_layers": 2} == saved["model"]
+    assert saved["model"]["dropout"] == 0.2 and saved["model"]["alpha"] == 20.0
+    assert saved["balance_classes"] == 0.5 and saved["class_prior"] == "frequencies"
     assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40
 
     metrics = json.loads((out / "metrics.json").read_text())

@@ -122,3 +122,28 @@ def test_diverging_training_stops_with_a_clear_error(simulated, monkeypatch):
     monkeypatch.setattr(Stepper, "step", lambda self, x, y, batch: float("nan"))
     with pytest.raises(InputError, match="diverged in epoch 1.*learning rate"):
         model.fit(epochs=2, progress=False)
+
+
+def test_cosine_schedule_lowers_the_learning_rate_epoch_by_epoch(simulated, monkeypatch):
+    from pyro_scvae.data import InputError
+    from pyro_scvae.training import JointAdam, lr_factor
+
+    assert lr_factor("constant", 7, 10) == 1.0
+    assert lr_factor("cosine", 0, 10) == 1.0
+    assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert 0.0 < lr_factor("cosine", 9, 10) < 0.03
+    with pytest.raises(InputError, match="unknown learning-rate schedule"):
+        lr_factor("linear", 0, 10)
+
+    seen = []
+    original = JointAdam.set_lr
+    monkeypatch.setattr(JointAdam, "set_lr", lambda self, lr: (seen.append(lr), original(self, lr)))
+    PyroSCVAE.setup_anndata(simulated, labels_key="label")
+    model = PyroSCVAE(simulated, seed=0).fit(
+        epochs=4, lr=0.01, lr_schedule="cosine", progress=False
+    )
+    np.testing.assert_allclose(seen, [0.01 * lr_factor("cosine", e, 4) for e in range(4)])
+    assert model.training_config.lr_schedule == "cosine"
+    assert np.isfinite(model.history.elbo).all()
+    with pytest.raises(InputError, match="unknown learning-rate schedule"):
+        PyroSCVAE(simulated).fit(epochs=1, lr_schedule="step", progress=False)

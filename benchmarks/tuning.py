@@ -1,0 +1,155 @@
+"""Tuning study: pyro_scvae settings compared on the benchmark tasks, over seeds.
+
+Each configuration is a name plus keyword arguments of ``PyroSCVAE(...)`` (``init``) and
+of ``fit`` (``fit``). Every (configuration, task, seed) trains one model in this process
+on the task's cells (query cells unlabelled, as in the benchmark) and scores its query
+predictions. Records are appended to ``<out>/tuning.jsonl`` as they finish, so an
+interrupted study keeps what it measured, and ``<out>/tuning.md`` gets a table of
+macro-F1 (mean ± sd over seeds) per task and configuration.
+
+Usage::
+
+    python benchmarks/tuning.py --configs default balanced --seeds 0 1 2 --out /tmp/tuning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.methods import TRAIN_LABEL_KEY, _batch_key, _split, with_training_labels
+from benchmarks.metrics import score
+from benchmarks.tasks import TASKS, build_task
+
+#: Named configurations: keyword arguments of ``PyroSCVAE(...)`` and of ``fit``.
+CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {"init": {}, "fit": {}},
+    "balanced": {"init": {"balance_classes": True}, "fit": {}},
+    "unbalanced": {"init": {"balance_classes": False}, "fit": {}},
+    "alpha200": {"init": {"alpha": 200.0}, "fit": {}},
+    "balanced_alpha200": {"init": {"balance_classes": True, "alpha": 200.0}, "fit": {}},
+    "hidden256": {"init": {"n_hidden": 256}, "fit": {}},
+    "latent10": {"init": {"n_latent": 10}, "fit": {}},
+    "double_epochs": {"init": {}, "fit": {"epoch_scale": 2.0}},
+    "half_epochs": {"init": {}, "fit": {"epoch_scale": 0.5}},
+    "lr1e-3": {"init": {}, "fit": {"lr": 1e-3}},
+    "cosine": {"init": {}, "fit": {"lr_schedule": "cosine"}},
+    "balanced_sqrt": {"init": {"balance_classes": 0.5}, "fit": {}},
+    "balanced_sqrt_cosine": {"init": {"balance_classes": 0.5}, "fit": {"lr_schedule": "cosine"}},
+    "balanced_cosine": {"init": {"balance_classes": True}, "fit": {"lr_schedule": "cosine"}},
+    "balanced_cosine_double": {
+        "init": {"balance_classes": True},
+        "fit": {"lr_schedule": "cosine", "epoch_scale": 2.0},
+    },
+}
+
+
+def posterior_probabilities(model: Any, cells: np.ndarray, seed: int, n_samples: int = 32):
+    """q(y | x) = E over q(z₁ | x) of q(y | z₁), by Monte Carlo (the API uses z₁'s mean)."""
+    import torch
+
+    module = model.module.eval()
+    x = torch.from_numpy(model.data.counts[cells].toarray())  # [cells, G]
+    batch = None if model.data.batches is None else torch.from_numpy(model.data.batches[cells])
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        loc, scale, _, _ = module.encode_x(x, module.batch_inputs(x, batch))  # [cells, d]
+        noise = torch.randn((n_samples, *loc.shape), generator=generator)  # [S, cells, d]
+        return torch.softmax(module.classifier(loc + scale * noise), -1).mean(0).numpy()
+
+
+def run_one(config: dict[str, dict[str, Any]], task: str, seed: int, data_dir: str | None) -> dict:
+    """Train one model on one task and score its query cells."""
+    from pyro_scvae import PyroSCVAE
+    from pyro_scvae.api import default_epochs
+
+    built = build_task(task, seed, data_dir=data_dir)
+    data = with_training_labels(built.adata, np.nan)
+    _, query = _split(data)
+    PyroSCVAE.setup_anndata(
+        data, labels_key=TRAIN_LABEL_KEY, unlabeled_category=None, batch_key=_batch_key(data)
+    )
+    fit_kwargs = dict(config["fit"])
+    scale = fit_kwargs.pop("epoch_scale", None)
+    if scale is not None:
+        fit_kwargs["epochs"] = max(1, round(scale * default_epochs(data.n_obs)))
+    start = time.perf_counter()
+    model = PyroSCVAE(data, seed=seed, **config["init"])
+    model.fit(seed=seed, progress=False, **fit_kwargs)
+    seconds = time.perf_counter() - start
+    proba = pd.DataFrame(model.predict(soft=True)).loc[data.obs_names[query]]
+    truth = built.adata.obs["label"].to_numpy()[query]
+    result = score(truth, proba)
+    sampled = pd.DataFrame(
+        posterior_probabilities(model, np.flatnonzero(query), seed), columns=proba.columns
+    )
+    result_mc = score(truth, sampled)
+    return {
+        "task": task,
+        "seed": seed,
+        "train_s": seconds,
+        "epochs": len(model.history.elbo),
+        **{k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "ece")},
+        "per_class_f1": result.get("per_class_f1"),
+        "macro_f1_mc": result_mc["macro_f1"],
+        "ece_mc": result_mc["ece"],
+    }
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table of macro-F1, mean ± sd over seeds, configurations × tasks."""
+    frame = pd.DataFrame(records)
+    rows = ["| config | " + " | ".join(sorted(frame.task.unique())) + " | mean |"]
+    rows.append("|---" * (frame.task.nunique() + 2) + "|")
+    for name, group in frame.groupby("config", sort=False):
+        cells, means = [], []
+        for task in sorted(frame.task.unique()):
+            values = group.loc[group.task == task, "macro_f1"]
+            means.append(values.mean())
+            cells.append(f"{values.mean():.3f} ± {values.std(ddof=0):.3f} ({len(values)})")
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {np.nanmean(means):.3f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["default"], choices=list(CONFIGS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the results")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "tuning.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    done = {(r["config"], r["task"], r["seed"]) for r in records}
+    for seed in args.seeds:
+        for name in args.configs:
+            for task in args.tasks:
+                if (name, task, seed) in done:
+                    continue
+                record = {"config": name, **run_one(CONFIGS[name], task, seed, args.data_dir)}
+                records.append(record)
+                with log.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(name, task, seed, f"macro-F1 {record['macro_f1']:.3f}", flush=True)
+    wanted = [r for r in records if r["config"] in args.configs]
+    text = f"# Tuning study\n\ncommand: `{' '.join(sys.argv)}`\n\n" + table(wanted) + "\n"
+    (args.out / "tuning.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
