@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import shutil
 import subprocess
@@ -59,6 +58,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from benchmarks.harness import peak_rss_mb
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 N_GENES = 2000
@@ -190,11 +191,7 @@ def run_case(
 
 def peak_rss_kib() -> int:
     """Peak resident set size of this process image (``VmHWM``), in KiB."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: an upper bound
+    return round(peak_rss_mb() * 1024)
 
 
 def run_isolated(

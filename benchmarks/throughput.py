@@ -2,15 +2,17 @@
 
 Both models get the same data (a task's cells, query cells unlabelled), the same batch size
 and the same layer widths (``n_hidden=128, n_latent=10, n_layers=1``). For every batch size,
-repetitions alternate pyro_scvae, SCANVI, pyro_scvae, SCANVI, ..., each a fresh model
-trained for a few epochs. Epoch times come from pyro_scvae's ``history.epoch_seconds`` and,
-for SCANVI, from a Lightning callback around each training epoch; the first epoch of each
-fit (warm-up) is dropped and throughput is cells per epoch over the median epoch time.
+repetitions alternate pyro_scvae, pyro_scvae with ``jit=True``, SCANVI, pyro_scvae, ...,
+each a fresh model trained for a few epochs. Epoch times come from pyro_scvae's
+``history.epoch_seconds`` and, for SCANVI, from a Lightning callback around each training
+epoch; the first epoch of each fit (warm-up) is dropped and throughput is cells per epoch
+over the median epoch time.
 Both train on all cells (SCANVI with ``train_size=1.0``, so no cells are held out).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 ARCHITECTURE = {"n_hidden": 128, "n_latent": 10, "n_layers": 1}
-METHODS = ("pyro_scvae", "scanvi")
+METHODS = ("pyro_scvae", "pyro_scvae_jit", "scanvi")  # pyro_scvae_jit: fit(jit=True)
 
 
 def _cells_per_second(seconds: list[float], cells: int) -> float:
@@ -26,14 +28,16 @@ def _cells_per_second(seconds: list[float], cells: int) -> float:
     return float(cells / np.median(timed))
 
 
-def _fit_pyro(adata: Any, batch_key: str | None, batch_size: int, epochs: int, seed: int) -> dict:
+def _fit_pyro(
+    adata: Any, batch_key: str | None, batch_size: int, epochs: int, seed: int, jit: bool = False
+) -> dict:
     from benchmarks.methods import TRAIN_LABEL_KEY, epoch_seconds
     from pyro_scvae import PyroSCVAE
 
     PyroSCVAE.setup_anndata(adata, labels_key=TRAIN_LABEL_KEY, batch_key=batch_key)
     model = PyroSCVAE(adata, **ARCHITECTURE)
     start = time.perf_counter()
-    model.fit(epochs=epochs, batch_size=batch_size, seed=seed, progress=False)
+    model.fit(epochs=epochs, batch_size=batch_size, seed=seed, progress=False, jit=jit)
     total = time.perf_counter() - start
     seconds = epoch_seconds(model)
     timing = "per-epoch"
@@ -121,8 +125,12 @@ def measure_throughput(
     from benchmarks.tasks import build_task
 
     built = build_task(task, seed, max_cells=max_cells, data_dir=data_dir)
-    fits = {"pyro_scvae": _fit_pyro, "scanvi": _fit_scanvi}
-    unlabelled = {"pyro_scvae": np.nan, "scanvi": UNLABELLED}
+    fits = {
+        "pyro_scvae": _fit_pyro,
+        "pyro_scvae_jit": functools.partial(_fit_pyro, jit=True),
+        "scanvi": _fit_scanvi,
+    }
+    unlabelled = {"pyro_scvae": np.nan, "pyro_scvae_jit": np.nan, "scanvi": UNLABELLED}
     records = []
     for batch_size in batch_sizes:
         for rep in range(reps):
