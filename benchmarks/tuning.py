@@ -48,6 +48,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "balanced_sqrt": {"init": {"balance_classes": 0.5}, "fit": {}},
     "balanced_sqrt_cosine": {"init": {"balance_classes": 0.5}, "fit": {"lr_schedule": "cosine"}},
     "balanced_cosine": {"init": {"balance_classes": True}, "fit": {"lr_schedule": "cosine"}},
+    "balanced_double": {"init": {"balance_classes": True}, "fit": {"epoch_scale": 2.0}},
+    "balanced_quadruple": {"init": {"balance_classes": True}, "fit": {"epoch_scale": 4.0}},
     "balanced_cosine_double": {
         "init": {"balance_classes": True},
         "fit": {"lr_schedule": "cosine", "epoch_scale": 2.0},
