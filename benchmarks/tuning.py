@@ -119,8 +119,10 @@ def table(records: list[dict]) -> str:
         for task in sorted(frame.task.unique()):
             values = group.loc[group.task == task, "macro_f1"]
             means.append(values.mean())
-            cells.append(f"{values.mean():.3f} ± {values.std(ddof=0):.3f} ({len(values)})")
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {np.nanmean(means):.3f} |")
+            spread = f" ± {values.std(ddof=0):.3f}" if len(values) > 1 else ""
+            cells.append(f"{values.mean():.3f}{spread} ({len(values)})" if len(values) else "–")
+        mean = f"{np.mean(means):.3f}" if not np.isnan(means).any() else "–"  # all tasks only
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(rows)
 
 
