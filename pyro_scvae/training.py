@@ -104,7 +104,7 @@ class JointAdam(PyroOptim):
     Pyro's optimisers keep one torch optimiser per parameter and step them one by one in
     Python, which costs a tenth of a training step of this model on a CPU. This one keeps
     SVI's interface (it is called with the parameters of the step's trace) but updates
-    them together with ``torch.optim.Adam(foreach=True)``, after clipping every gradient
+    them together with ``torch.optim.Adam(fused=True)``, after clipping every gradient
     element to ±``clip_value`` as Pyro's ``ClippedAdam`` does. The model and the guide
     register every parameter on every step, so the parameter set never changes.
 
