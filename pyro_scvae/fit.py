@@ -33,6 +33,21 @@ from pyro_scvae.training import LR_SCHEDULES
 
 DEFAULT_LABELS_KEY = "bulk_labels"
 MAX_UMAP_CELLS = 50_000
+#: Options of ``PyroSCVAE(...)`` offered as flags (``--n-latent`` …): the argument parser's
+#: type (or list of choices) and help; their defaults are the constructor's own.
+MODEL_OPTIONS = {
+    "n_latent": (cli.positive_int, "dimension of z1 and z2"),
+    "n_hidden": (cli.positive_int, "width of the hidden layers"),
+    "n_layers": (cli.positive_int, "hidden layers per network"),
+    "dropout": (cli.fraction, "dropout rate of the encoders and the classifier"),
+    "alpha": (cli.positive_float, "weight α of the classification term of labelled cells"),
+    "balance_classes": (
+        cli.probability,
+        "power p of the class weights n_class^-p on the classification term of labelled "
+        "cells (0: no balancing, 1: every type counts the same in total)",
+    ),
+    "class_prior": (["uniform", "frequencies"], "p(y): uniform, or the label frequencies"),
+}
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -82,55 +97,19 @@ def build_parser() -> cli.ArgumentParser:
         "every full pass (count checks, library sizes, highly variable genes) goes in "
         "chunks. The counts must be in .X, stored CSR",
     )
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(PyroSCVAE.__init__).parameters.items()
-    }
+    defaults = inspect.signature(PyroSCVAE.__init__).parameters
     model = parser.add_argument_group("model (see MODEL.md)")
-    model.add_argument(
-        "--n-latent",
-        type=cli.positive_int,
-        default=defaults["n_latent"],
-        help="dimension of z1 and z2 (default: %(default)s)",
-    )
-    model.add_argument(
-        "--n-hidden",
-        type=cli.positive_int,
-        default=defaults["n_hidden"],
-        help="width of the hidden layers (default: %(default)s)",
-    )
-    model.add_argument(
-        "--n-layers",
-        type=cli.positive_int,
-        default=defaults["n_layers"],
-        help="hidden layers per network (default: %(default)s)",
-    )
-    model.add_argument(
-        "--dropout",
-        type=cli.fraction,
-        default=defaults["dropout"],
-        help="dropout rate of the encoders and the classifier (default: %(default)s)",
-    )
-    model.add_argument(
-        "--alpha",
-        type=cli.positive_float,
-        default=defaults["alpha"],
-        help="weight α of the classification term of labelled cells (default: %(default)s)",
-    )
-    model.add_argument(
-        "--balance-classes",
-        type=cli.probability,
-        default=float(defaults["balance_classes"]),
-        metavar="P",
-        help="weigh each labelled cell's classification term by n_class^-P (0: no "
-        "balancing, 1: every type counts the same in total; default: %(default)s)",
-    )
-    model.add_argument(
-        "--class-prior",
-        choices=["uniform", "frequencies"],
-        default=defaults["class_prior"],
-        help="p(y): uniform, or the label frequencies (default: %(default)s)",
-    )
+    for name, (kind, help_text) in MODEL_OPTIONS.items():
+        default = defaults[name].default
+        model.add_argument(
+            "--" + name.replace("_", "-"),
+            help=f"{help_text} (default: %(default)s)",
+            **(
+                {"choices": kind, "default": default}
+                if isinstance(kind, list)
+                else {"type": kind, "default": kind(default)}  # True → 1.0 for balance_classes
+            ),
+        )
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
@@ -306,17 +285,8 @@ def run(args) -> None:
         count_matrix(query, args.layer)
         if not query.isbacked:
             query = drop_empty_cells(query, args.layer)
-    model = PyroSCVAE(
-        training_adata,
-        n_latent=args.n_latent,
-        n_hidden=args.n_hidden,
-        n_layers=args.n_layers,
-        dropout=args.dropout,
-        alpha=args.alpha,
-        class_prior=args.class_prior,
-        balance_classes=args.balance_classes,
-        seed=args.seed,
-    )
+    model_options = {name: getattr(args, name) for name in MODEL_OPTIONS}
+    model = PyroSCVAE(training_adata, seed=args.seed, **model_options)
     epochs = args.epochs or default_epochs(training_adata.n_obs)
     model.fit(
         epochs=epochs,
