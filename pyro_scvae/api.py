@@ -39,7 +39,14 @@ from pyro_scvae.data import (
 )
 from pyro_scvae.evaluation import classification_metrics
 from pyro_scvae.model import HierarchicalVAE, ModelConfig
-from pyro_scvae.training import History, TrainingConfig, lr_factor, resolve_device, train
+from pyro_scvae.training import (
+    History,
+    TrainingConfig,
+    kl_weight,
+    lr_factor,
+    resolve_device,
+    train,
+)
 
 SETUP_KEY = "_pyro_scvae_setup"
 UNASSIGNED = "Unassigned"
@@ -68,7 +75,7 @@ class PyroSCVAE:
         ``anndata.read_h5ad(path, backed="r")`` (or one subset of it, e.g.
         ``adata[:, genes]``) keeps ``.X`` on disk: training reads the rows of each
         minibatch from the file and every full pass goes in chunks.
-    n_latent, n_hidden, n_layers, dropout, alpha
+    n_latent, n_hidden, n_layers, dropout, alpha, encode_batch
         Architecture and classification weight, see :class:`~pyro_scvae.model.ModelConfig`.
     class_prior
         ``"uniform"`` or ``"frequencies"`` (label frequencies of the labelled cells) for p(y).
@@ -91,6 +98,7 @@ class PyroSCVAE:
         n_layers: int = 1,
         dropout: float = 0.1,
         alpha: float = 50.0,
+        encode_batch: bool = False,
         class_prior: str = "uniform",
         balance_classes: bool | float = True,
         seed: int = 0,
@@ -137,6 +145,7 @@ class PyroSCVAE:
             n_layers=n_layers,
             dropout=dropout,
             alpha=alpha,
+            encode_batch=bool(encode_batch),
         )
         if class_prior not in ("uniform", "frequencies"):
             raise InputError(f"class_prior must be 'uniform' or 'frequencies', not {class_prior!r}")
@@ -233,6 +242,7 @@ class PyroSCVAE:
         batch_size: int = 128,
         lr: float = 3e-3,
         lr_schedule: str = "constant",
+        kl_warmup: float = 0.5,
         seed: int | None = None,
         device: str = "auto",
         validation_fraction: float = 0.0,
@@ -251,6 +261,10 @@ class PyroSCVAE:
         lr, lr_schedule
             Learning rate of Adam and its schedule over epochs (``"constant"`` or
             ``"cosine"``, see :class:`~pyro_scvae.training.TrainingConfig`).
+        kl_warmup
+            Fraction of the epochs over which the weight of the KL terms of y, z₂ and l
+            rises linearly from 0 to 1 (scvi-tools' KL warm-up; 0 = none), see
+            :mod:`pyro_scvae.training`. From then on training maximises MODEL.md's ELBO.
         validation_fraction
             Fraction of the labelled cells whose labels are hidden from training and
             used to report accuracy and F1 (``validation_metrics``).
@@ -267,6 +281,7 @@ class PyroSCVAE:
         if not 0.0 <= validation_fraction < 1.0:
             raise InputError("validation_fraction must be in [0, 1)")
         lr_factor(lr_schedule, 0, 1)  # an unknown schedule fails here, before any work
+        kl_weight(kl_warmup, 0, 1)  # and so does a warm-up outside [0, 1]
         seed = self.seed if seed is None else seed
         epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
         self.training_config = TrainingConfig(
@@ -274,6 +289,7 @@ class PyroSCVAE:
             batch_size=batch_size,
             lr=lr,
             lr_schedule=lr_schedule,
+            kl_warmup=kl_warmup,
             seed=seed,
             device=device,
             progress=progress,
@@ -440,7 +456,8 @@ class PyroSCVAE:
             raise InputError(f"{directory} is not a saved pyro_scvae model (no {CONFIG_FILE})")
         config = json.loads((directory / CONFIG_FILE).read_text())
         self = cls.__new__(cls)
-        self.config = ModelConfig(**config["model"])
+        # Models saved before encode_batch existed gave the batch to the encoder.
+        self.config = ModelConfig(**{"encode_batch": True, **config["model"]})
         self.classes = config["classes"]
         self.genes = config["genes"]
         self.batch_categories = config["batch_categories"]

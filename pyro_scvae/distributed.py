@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pyro_scvae.data import CellData, InputError, minibatches
 from pyro_scvae.model import HierarchicalVAE
-from pyro_scvae.training import History, TrainingConfig, lr_factor
+from pyro_scvae.training import History, ScaleKL, TrainingConfig, kl_weight, lr_factor
 
 #: Element-wise gradient clipping of Pyro's ClippedAdam, as in single-process training.
 CLIP_NORM = 100.0
@@ -210,7 +210,10 @@ class ELBOLightningModule(L.LightningModule):
                 quiet_lightning_logs()
         # Built here, after the module reached its process: the guide wrapped by
         # config_enumerate cannot be pickled as a bound method (ddp_spawn pickles).
-        self.elbo = TraceEnum_ELBO(max_plate_nesting=1)(self.vae.model, self.vae.guide)
+        self.scale_kl = ScaleKL()  # β of the KL warm-up, set each epoch
+        self.elbo = TraceEnum_ELBO(max_plate_nesting=1)(
+            self.scale_kl(self.vae.model), self.scale_kl(self.vae.guide)
+        )
 
     def train_dataloader(self) -> DataLoader:
         sampler = ShardedMinibatches(
@@ -228,6 +231,9 @@ class ELBOLightningModule(L.LightningModule):
         pyro.set_rng_seed(self.config.seed + self.global_rank)
 
     def on_train_epoch_start(self) -> None:
+        self.scale_kl.weight = kl_weight(
+            self.config.kl_warmup, self.current_epoch, self.config.epochs
+        )
         self._loss_sum, self._cells = 0.0, 0
         self._epoch_start = time.perf_counter()
 

@@ -54,9 +54,17 @@ def expected_calibration_error(
     return float(error)
 
 
-def plot_elbo(elbo: Sequence[float], path: str | Path | None = None) -> plt.Figure:
-    """The training curve: ELBO per cell against epoch."""
+def plot_elbo(
+    elbo: Sequence[float], path: str | Path | None = None, warmup_epochs: float = 0.0
+) -> plt.Figure:
+    """The training curve: ELBO per cell against epoch.
+
+    During the first ``warmup_epochs`` (KL warm-up) the curve is the objective with the
+    KL terms of y, z₂ and l weighted by β < 1, not yet the ELBO; that span is shaded.
+    """
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    if warmup_epochs > 0:
+        ax.axvspan(0.5, warmup_epochs + 0.5, color="0.9", label="KL warm-up (β < 1)")
     ax.plot(np.arange(1, len(elbo) + 1), elbo, label="training ELBO")
     ax.set(xlabel="epoch", ylabel="ELBO per cell (nats)", title="Training objective")
     if len(elbo) > 5:  # the first epochs dwarf the rest; show the part worth reading

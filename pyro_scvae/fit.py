@@ -7,6 +7,7 @@ accuracy on them and writes everything to ``./pyro_scvae_out/``.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import sys
@@ -47,6 +48,11 @@ MODEL_OPTIONS = {
         "cells (0: no balancing, 1: every type counts the same in total)",
     ),
     "class_prior": (["uniform", "frequencies"], "p(y): uniform, or the label frequencies"),
+    "encode_batch": (
+        bool,
+        "give the --batch-key covariate to the encoder of z1 and l too, not only to the "
+        "decoder (--no-encode-batch: q(z1 | x) as in MODEL.md)",
+    ),
 }
 
 
@@ -101,14 +107,14 @@ def build_parser() -> cli.ArgumentParser:
     model = parser.add_argument_group("model (see MODEL.md)")
     for name, (kind, help_text) in MODEL_OPTIONS.items():
         default = defaults[name].default
+        if kind is bool:
+            how = {"action": argparse.BooleanOptionalAction, "default": default}
+        elif isinstance(kind, list):
+            how = {"choices": kind, "default": default}
+        else:
+            how = {"type": kind, "default": kind(default)}  # True → 1.0 for balance_classes
         model.add_argument(
-            "--" + name.replace("_", "-"),
-            help=f"{help_text} (default: %(default)s)",
-            **(
-                {"choices": kind, "default": default}
-                if isinstance(kind, list)
-                else {"type": kind, "default": kind(default)}  # True → 1.0 for balance_classes
-            ),
+            "--" + name.replace("_", "-"), help=f"{help_text} (default: %(default)s)", **how
         )
     training = parser.add_argument_group("training")
     training.add_argument(
@@ -131,6 +137,13 @@ def build_parser() -> cli.ArgumentParser:
         default="constant",
         help="learning rate over the epochs: constant, or cosine decay towards 0 "
         "(default: constant)",
+    )
+    training.add_argument(
+        "--kl-warmup",
+        type=float,
+        default=0.5,
+        help="fraction of the epochs over which the weight of the KL terms of y, z2 and l "
+        "rises from 0 to 1 (scvi-tools' KL warm-up; 0: none; default: 0.5)",
     )
     training.add_argument(
         "--seed",
@@ -293,6 +306,7 @@ def run(args) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         lr_schedule=args.lr_schedule,
+        kl_warmup=args.kl_warmup,
         device=args.device,
         validation_fraction=args.validation_fraction,
         progress=not args.quiet,
@@ -314,7 +328,9 @@ def run(args) -> None:
         metrics = write_outputs(model, adata, training_adata, settings, out, args)
         if query is not None:
             (out / "query").mkdir()
-            annotate_and_write(model, query, settings, out / "query", args.min_confidence)
+            annotate_and_write(
+                model, query, settings, out / "query", args.min_confidence, backed_cells(query)
+            )
     if not args.quiet:
         print_summary(model, metrics, training_adata, Path(args.out))
 
@@ -345,9 +361,17 @@ def annotate_and_write(
         write_h5ad_rows(adata, np.flatnonzero(cells), out / "annotated.h5ad")
 
 
+def backed_cells(adata: ad.AnnData) -> np.ndarray | None:
+    """The cells with counts of a backed AnnData (written out row by row), else None.
+
+    In memory the cells without counts were dropped from ``adata`` itself already.
+    """
+    return nonempty_cells(adata, None) if adata.isbacked else None
+
+
 def write_outputs(model, adata, training_adata, settings, out: Path, args) -> dict:
     """Predictions, annotated data, metrics, the model and the plots of the training run."""
-    annotate_and_write(model, adata, settings, out, args.min_confidence)
+    annotate_and_write(model, adata, settings, out, args.min_confidence, backed_cells(adata))
     history = model.history
     metrics = {
         "epochs": len(history.elbo),
@@ -365,7 +389,8 @@ def write_outputs(model, adata, training_adata, settings, out: Path, args) -> di
         }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     model.save(out / "model")
-    plot_elbo(history.elbo, out / "elbo.png")
+    config = model.training_config
+    plot_elbo(history.elbo, out / "elbo.png", warmup_epochs=config.kl_warmup * config.epochs)
     if model.validation_metrics is not None:
         cells = model.validation_cells
         truth = np.array(model.classes)[model.data.labels[cells]]

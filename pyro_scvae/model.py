@@ -57,6 +57,10 @@ class ModelConfig:
         Dropout rate in the encoders and the classifier.
     alpha
         Weight of the classification term α · log q(y | z₁) of labelled cells.
+    encode_batch
+        Whether the encoder of q(z₁ | x) q(l | x) also sees the one-hot batch (the
+        decoder always does where there are batches). False is MODEL.md's q(z₁ | x) and
+        scvi-tools' default (``encode_covariates=False``).
     """
 
     n_genes: int
@@ -67,6 +71,7 @@ class ModelConfig:
     n_layers: int = 1
     dropout: float = 0.1
     alpha: float = 50.0
+    encode_batch: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +120,8 @@ class HierarchicalVAE(nn.Module):
         self.log_theta = nn.Parameter(torch.zeros(config.n_genes))  # [G]
 
         with_batch = [b] if b else []  # the one-hot batch covariate, when there is one
-        self.x_encoder = GaussianNet([config.n_genes, *with_batch], d + 1, hidden, p)
+        encoder_batch = with_batch if config.encode_batch else []
+        self.x_encoder = GaussianNet([config.n_genes, *encoder_batch], d + 1, hidden, p)
         self.classifier = Classifier(d, k, hidden, p)
         self.z2_encoder = GaussianNet([d, k], d, hidden, p)
         self.z1_decoder = GaussianNet([d, k], d, hidden, 0.0)
@@ -138,7 +144,8 @@ class HierarchicalVAE(nn.Module):
         self, x: torch.Tensor, batch_onehot: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Parameters of q(z₁|x) (``[batch, d]`` each) and of q(l|x) (``[batch]`` each)."""
-        loc, scale = self.x_encoder(torch.log1p(x), *batch_onehot)  # [batch, d + 1] each
+        covariates = batch_onehot if self.config.encode_batch else []
+        loc, scale = self.x_encoder(torch.log1p(x), *covariates)  # [batch, d + 1] each
         d = self.config.n_latent
         return loc[..., :d], scale[..., :d], loc[..., d], scale[..., d]
 

@@ -13,7 +13,7 @@ import sys
 
 from pyro_scvae import cli
 from pyro_scvae.api import PyroSCVAE
-from pyro_scvae.fit import annotate_and_write, drop_empty_cells, nonempty_cells
+from pyro_scvae.fit import annotate_and_write, backed_cells, drop_empty_cells
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -67,10 +67,9 @@ def run(args) -> None:
     elif args.layer is not None:
         model.setup["layer"] = args.layer
     adata = cli.read_adata(args.adata, backed=args.backed)
-    cells = None  # in memory, the cells without counts are dropped from adata itself
-    if adata.isbacked:  # a backed AnnData cannot be copied: they are left out when writing
-        cells = nonempty_cells(adata, None)
-    else:
+    # A backed AnnData cannot be copied: its cells without counts are left out when writing.
+    cells = backed_cells(adata)
+    if cells is None:
         adata = drop_empty_cells(adata, model.setup["layer"])
     settings = cli.json_ready({**vars(args), "classes": model.classes})
     with cli.atomic_output_dir(args.out) as out:

@@ -80,6 +80,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
             "0.5",
             "--class-prior",
             "frequencies",
+            "--encode-batch",
             "--epochs",
             "3",
             "--batch-size",
@@ -88,6 +89,8 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
             "0.005",
             "--lr-schedule",
             "cosine",
+            "--kl-warmup",
+            "0.25",
             "--seed",
             "7",
             "--device",
@@ -126,10 +129,13 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     assert (annotated.obs["pyro_scvae_prediction"].astype(str) == predictions["predicted"]).all()
     assert annotated.uns["pyro_scvae"]["seed"] == 7
     assert annotated.uns["pyro_scvae"]["lr_schedule"] == "cosine"
+    assert annotated.uns["pyro_scvae"]["kl_warmup"] == 0.25
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["model"] | {"n_latent": 8, "n_hidden": 32, "n_layers": 2} == saved["model"]
     assert saved["model"]["dropout"] == 0.2 and saved["model"]["alpha"] == 20.0
+    assert saved["model"]["encode_batch"] is True  # the default is False
     assert saved["balance_classes"] == 0.5 and saved["class_prior"] == "frequencies"
+    assert saved["training"]["kl_warmup"] == 0.25 and saved["training"]["epochs"] == 3
     assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40
 
     metrics = json.loads((out / "metrics.json").read_text())

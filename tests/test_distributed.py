@@ -108,6 +108,23 @@ def test_two_cpu_processes_match_one_process():
     assert agreement >= 0.85, agreement  # measured 0.92-0.99
 
 
+def test_lightning_training_follows_the_kl_warmup(monkeypatch):
+    import pyro_scvae.distributed as distributed
+
+    adata = simulate_counts(n_cells=100, n_genes=20, n_classes=2, seed=3)
+    PyroSCVAE.setup_anndata(adata, labels_key="label")
+    model = PyroSCVAE(adata, seed=0)
+    betas = []
+    original = distributed.kl_weight
+    monkeypatch.setattr(
+        distributed, "kl_weight", lambda *a: betas.append(original(*a)) or betas[-1]
+    )
+    config = TrainingConfig(epochs=4, batch_size=BATCH_SIZE, kl_warmup=0.5, progress=False)
+    run = train_distributed(model.module, model.data, config, accelerator="cpu")
+    assert betas == [0.0, 0.5, 1.0, 1.0]
+    assert np.all(np.isfinite(run.history.elbo))
+
+
 def test_fit_command_trains_through_lightning_when_asked(tmp_path, capsys):
     adata = simulate_counts(n_cells=200, n_genes=30, n_classes=3, labelled_fraction=0.5, seed=4)
     path = tmp_path / "cells.h5ad"

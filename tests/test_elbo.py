@@ -22,10 +22,17 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def make_vae(n_batches: int, seed: int = 0) -> HierarchicalVAE:
+def make_vae(n_batches: int, seed: int = 0, encode_batch: bool = False) -> HierarchicalVAE:
     torch.manual_seed(seed)
     config = ModelConfig(
-        N_GENES, N_CLASSES, n_batches=n_batches, n_latent=4, n_hidden=16, dropout=0.0, alpha=7.5
+        N_GENES,
+        N_CLASSES,
+        n_batches=n_batches,
+        n_latent=4,
+        n_hidden=16,
+        dropout=0.0,
+        alpha=7.5,
+        encode_batch=encode_batch,
     )
     n_library = max(n_batches, 1)
     vae = HierarchicalVAE(
@@ -72,9 +79,13 @@ def pyro_and_hand(vae, x, y, batch):
 
 @pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
 @pytest.mark.parametrize("labelled", [False, True], ids=["unlabelled", "labelled"])
-@pytest.mark.parametrize("n_batches", [0, 3], ids=["no-batch", "batch"])
-def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches):
-    vae = make_vae(n_batches)
+@pytest.mark.parametrize(
+    "n_batches, encode_batch",
+    [(0, False), (3, False), (3, True)],
+    ids=["no-batch", "batch", "batch-in-encoder"],
+)
+def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches, encode_batch):
+    vae = make_vae(n_batches, encode_batch=encode_batch)
     x, y, batch = make_batch(n_batches, labelled)
     loss, elbo, (z1, l, z2) = pyro_and_hand(vae, x, y, batch)
 
@@ -99,6 +110,46 @@ def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches):
         "log_theta",
     ):
         assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix)), prefix
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+@pytest.mark.parametrize("labelled", [False, True], ids=["unlabelled", "labelled"])
+def test_kl_warmup_scales_terms_of_y_z2_and_l(labelled):
+    """ScaleKL(β) on model and guide = hand-derived ELBO with terms 3, 4 and 5 times β."""
+    from pyro_scvae.training import ScaleKL
+
+    beta = 0.3
+    vae = make_vae(0)
+    x, y, batch = make_batch(0, labelled)
+    trace = guide_samples(vae, x, y, batch)
+    replayed_guide = poutine.replay(vae.guide, trace=trace)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        ScaleKL(beta)(vae.model), ScaleKL(beta)(replayed_guide), x, y, batch
+    )
+    terms = elbo_terms(vae, x, *(trace.nodes[n]["value"] for n in ("z1", "l", "z2")), y, batch)
+    annealed = {"y", "library", "z2"}
+    elbo = sum((beta if name in annealed else 1.0) * t.sum() for name, t in terms.items())
+    assert abs(loss.item() + elbo.item()) <= 1e-10 * abs(elbo.item())
+    unscaled = sum(t.sum() for t in terms.values())
+    assert abs(loss.item() + unscaled.item()) > 1e-3 * abs(elbo.item())  # β did something
+    params = list(vae.parameters())
+    pyro_grads = torch.autograd.grad(loss, params, retain_graph=True)
+    hand_grads = torch.autograd.grad(-elbo, params)
+    for p_grad, h_grad in zip(pyro_grads, hand_grads):
+        assert (p_grad - h_grad).abs().max() <= 1e-8 * h_grad.abs().max().clamp_min(1e-8)
+
+
+def test_only_an_encoder_given_the_batch_depends_on_it():
+    x, _, batch = make_batch(3, labelled=False)
+    other_batch = (batch + 1) % 3
+    for encode_batch in (False, True):
+        vae = make_vae(3, encode_batch=encode_batch)
+        z1, _ = vae.encode(x, batch)
+        z1_other, _ = vae.encode(x, other_batch)
+        assert torch.equal(z1, z1_other) != encode_batch
+        rho, _ = vae.x_decoder(z1, *vae.batch_inputs(x, batch))
+        rho_other, _ = vae.x_decoder(z1, *vae.batch_inputs(x, other_batch))
+        assert not torch.allclose(rho, rho_other)  # the decoder always sees the batch
 
 
 def test_classification_term_is_alpha_y_log_q_y():

@@ -57,12 +57,15 @@ def test_minibatches_cover_each_cell_once_and_never_mix_labelled():
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")  # labelled: no enum
-@pytest.mark.parametrize("n_batches", [0, 2], ids=["no-batch", "batch"])
-def test_compiled_elbo_gives_the_same_loss_as_uncompiled(n_batches):
+@pytest.mark.parametrize(
+    "n_batches, kl_weight", [(0, 1.0), (2, 0.3)], ids=["no-batch", "batch-kl-warmup"]
+)
+def test_compiled_elbo_gives_the_same_loss_as_uncompiled(n_batches, kl_weight):
     """JitTraceEnum_ELBO (full-size minibatches) and TraceEnum_ELBO estimate the same loss.
 
     The compiled graph draws its random numbers differently, so the two agree in
     expectation: with the learning rate at 0, repeated steps are independent estimates.
+    β below 1 (KL warm-up) reaches the compiled trace as an argument, not a constant.
     """
     torch.manual_seed(0)
     n_library = max(n_batches, 1)
@@ -75,6 +78,8 @@ def test_compiled_elbo_gives_the_same_loss_as_uncompiled(n_batches):
     with pyro.get_param_store().scope():
         compiled = Stepper(vae, lr=0.0, jit_batch_size=160)
         plain = Stepper(vae, lr=0.0)
+        for stepper in (compiled, plain):
+            stepper.set_kl_weight(kl_weight)
         for labels in (None, y):
             jit_losses = torch.tensor([compiled.step(x, labels, batch) for _ in range(20)])
             plain_losses = torch.tensor([plain.step(x, labels, batch) for _ in range(20)])
@@ -147,3 +152,24 @@ def test_cosine_schedule_lowers_the_learning_rate_epoch_by_epoch(simulated, monk
     assert np.isfinite(model.history.elbo).all()
     with pytest.raises(InputError, match="unknown learning-rate schedule"):
         PyroSCVAE(simulated).fit(epochs=1, lr_schedule="step", progress=False)
+
+
+def test_kl_warmup_rises_linearly_then_stays_at_one(simulated, monkeypatch):
+    from pyro_scvae.data import InputError
+    from pyro_scvae.training import kl_weight
+
+    assert [kl_weight(0.5, e, 10) for e in range(7)] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    assert kl_weight(0.0, 0, 10) == 1.0 == kl_weight(1.0, 9, 10) + 0.1
+    with pytest.raises(InputError, match="kl_warmup must be a fraction"):
+        kl_weight(1.5, 0, 10)
+
+    seen = []
+    original = Stepper.set_kl_weight
+    monkeypatch.setattr(
+        Stepper, "set_kl_weight", lambda self, beta: (seen.append(beta), original(self, beta))
+    )
+    PyroSCVAE.setup_anndata(simulated, labels_key="label")
+    PyroSCVAE(simulated, seed=0).fit(epochs=4, kl_warmup=0.5, progress=False)
+    assert seen == [0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(InputError, match="kl_warmup"):
+        PyroSCVAE(simulated, seed=0).fit(epochs=4, kl_warmup=-0.1, progress=False)
