@@ -287,7 +287,19 @@ def scvi_epochs_note(scvi_epochs: int | None) -> str:
     return f"; SCVI (recipe) and SCANVI (direct) trained for {scvi_epochs} epochs"
 
 
-def render_markdown(results: dict[str, Any]) -> str:
+def scaling_lines(scaling: dict[str, Any] | None) -> list[str]:
+    """The scaling section: ``scaling.md``'s table and notes (from ``scaling.json``)."""
+    out = ["", "## Scaling: time per epoch and peak memory against the number of cells", ""]
+    if scaling is None:
+        return out + ["Not run here (`python benchmarks/scaling.py` writes `scaling.json`)."]
+    from benchmarks.scaling import markdown
+
+    data = {int(n): d for n, d in scaling["data_sets"].items()}
+    body = markdown(scaling["cases"], data, scaling["meta"]).splitlines()
+    return out + body[2:]  # without scaling.md's own title
+
+
+def render_markdown(results: dict[str, Any], scaling: dict[str, Any] | None = None) -> str:
     """The whole ``results.md``.
 
     Parameters
@@ -295,6 +307,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     results
         What :func:`benchmarks.run.run_benchmark` returns: ``meta``, ``runs``,
         ``throughput``.
+    scaling
+        The contents of ``scaling.json`` (:mod:`benchmarks.scaling`), if measured.
 
     Returns
     -------
@@ -356,6 +370,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
     else:
         out.append("Not run.")
+    out += scaling_lines(scaling)
 
     out += ["", "## Per-class F1 (mean over seeds)"]
     frame = _ok_runs(runs)
@@ -400,6 +415,8 @@ def render_markdown(results: dict[str, Any]) -> str:
 def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``results.md`` and ``results.json`` into ``out_dir``.
 
+    The scaling section comes from ``out_dir / "scaling.json"`` when that file exists.
+
     Parameters
     ----------
     results
@@ -414,6 +431,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out_dir / "results.md", out_dir / "results.json"
-    md_path.write_text(render_markdown(results), encoding="utf-8")
+    scaling_file = out_dir / "scaling.json"
+    scaling = json.loads(scaling_file.read_text()) if scaling_file.is_file() else None
+    md_path.write_text(render_markdown(results, scaling), encoding="utf-8")
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     return md_path, json_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from benchmarks.metrics import expected_calibration_error, score
 from benchmarks.tasks import TASKS, TASKS_NEEDING_DATA, build_task, data_available
 from benchmarks.tasks import load_pbmc68k_counts as benchmark_loader
 
+REPO = Path(__file__).resolve().parents[1]
 METHODS = ["logreg", "knn", "pyro_scvae"]
 
 
@@ -29,6 +31,8 @@ def test_quick_mode_runs_on_tiny_t4(tmp_path):
     argv = ["--quick", "--tasks", "T4", "--methods", *METHODS, "--seeds", "0"]
     argv += ["--max-cells", "200", "--epochs", "2", "--out", str(tmp_path)]
     argv += ["--throughput-reps", "1", "--throughput-epochs", "2"]
+    scaling = REPO / "benchmarks" / "scaling.json"  # results.md takes its scaling table
+    shutil.copy(scaling, tmp_path / "scaling.json")
     run.main(argv)
 
     markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
@@ -52,6 +56,10 @@ def test_quick_mode_runs_on_tiny_t4(tmp_path):
     assert "- training throughput ≥ 1.5× SCANVI's at batch size 128:" in markdown
     assert results["meta"]["machine"]["logical_cores"] >= 1
     assert "## Throughput" in markdown and "## Targets" in markdown
+    cases = json.loads(scaling.read_text())["cases"]
+    assert "## Scaling" in markdown and "| cells | mode | time per epoch (s) |" in markdown
+    for case in cases:
+        assert f"| {case['cells']:,} | {case['mode']} | {case['epoch_seconds']:.0f} |" in markdown
 
 
 def test_metrics_on_known_values():
