@@ -192,7 +192,9 @@ class PyroSCVAE:
         unlabeled_category
             A label value that also means "no label".
         batch_key
-            Optional ``obs`` column of a categorical batch covariate.
+            Optional ``obs`` column of a categorical batch covariate: an input of the
+            decoder (and of the encoder with ``encode_batch=True``), and the library-size
+            prior is estimated per batch.
         layer
             Layer holding the raw counts (``.X`` when None).
         """

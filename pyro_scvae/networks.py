@@ -5,8 +5,8 @@ Each network is named for the distribution it parameterises (see MODEL.md):
 ==================  ===========================  =========================
 network             distribution                 inputs
 ==================  ===========================  =========================
-``x_encoder``       q(z₁ | x) and    (Normal,      log1p(x) [, batch]
-                    q(l | x)         LogNormal)
+``x_encoder``       q(z₁ | x) and    (Normal,      log1p(x) [, batch when
+                    q(l | x)         LogNormal)    ``encode_batch``]
 ``classifier``      q(y | z₁)       (logits)      z₁
 ``z2_encoder``      q(z₂ | z₁, y)   (Normal)      z₁, one-hot y
 ``z1_decoder``      p(z₁ | z₂, y)   (Normal)      z₂, one-hot y
