@@ -71,6 +71,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         "fit": {"kl_warmup": 0.5, "epoch_scale": 2.0, "batch_size": 256},
     },
     "warmup_half_alpha10": {"init": {"alpha": 10.0}, "fit": {"kl_warmup": 0.5}},
+    "new_defaults": {"init": {}, "fit": {}},
+    "new_balance_sqrt": {"init": {"balance_classes": 0.5}, "fit": {}},
+    "new_unbalanced": {"init": {"balance_classes": False}, "fit": {}},
     "warmup_half_jit": {"init": {}, "fit": {"kl_warmup": 0.5, "jit": True}},
     "warmup_half_short": {"init": {}, "fit": {"kl_warmup": 0.5, "epoch_scale": 0.5}},
     "warmup_half_jit_long": {
