@@ -74,6 +74,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "new_defaults": {"init": {}, "fit": {}},
     "new_balance_sqrt": {"init": {"balance_classes": 0.5}, "fit": {}},
     "new_unbalanced": {"init": {"balance_classes": False}, "fit": {}},
+    "new_layers2": {"init": {"n_layers": 2}, "fit": {}},
+    "new_hidden256": {"init": {"n_hidden": 256}, "fit": {}},
     "warmup_half_jit": {"init": {}, "fit": {"kl_warmup": 0.5, "jit": True}},
     "warmup_half_short": {"init": {}, "fit": {"kl_warmup": 0.5, "epoch_scale": 0.5}},
     "warmup_half_jit_long": {
