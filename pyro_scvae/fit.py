@@ -21,6 +21,7 @@ import scanpy as sc
 from pyro_scvae import cli
 from pyro_scvae.api import PyroSCVAE, default_epochs
 from pyro_scvae.data import (
+    BackedCounts,
     InputError,
     PyroSCVAEWarning,
     count_matrix,
@@ -222,28 +223,29 @@ def load_training_data(args) -> tuple[ad.AnnData, str]:
     return drop_empty_cells(adata, args.layer), labels_key
 
 
-def backed_training_subset(adata: ad.AnnData, n_top_genes: int) -> ad.AnnData:
+def backed_training_subset(
+    adata: ad.AnnData, n_top_genes: int, cells_with_counts: np.ndarray
+) -> ad.AnnData:
     """The cells and genes to train on, as one view of a backed AnnData (kept on disk).
 
     The same choice as :func:`select_genes` then :func:`drop_empty_cells` in memory,
     with the highly variable genes from :func:`~pyro_scvae.data.seurat_v3_genes` (the
-    seurat_v3 computation in chunks). anndata allows only one level of view of a
-    backed AnnData, so cells and genes are chosen first and the view taken once.
-    Cells with zero counts stay in the annotated outputs but are not trained on.
+    seurat_v3 computation in chunks). ``cells_with_counts`` is :func:`nonempty_cells`
+    of ``adata``, computed once by the caller, which also leaves the other cells out of
+    the outputs. anndata allows only one level of view of a backed AnnData, so cells and
+    genes are chosen first and the view taken once.
     """
-    counts = count_matrix(adata)  # BackedCounts: chunked passes only
-    cells = np.asarray(counts.sum(axis=1)).ravel() > 0  # [cells]
-    if not cells.any():
-        raise InputError("every cell has zero counts")
+    counts = BackedCounts.from_adata(adata)  # checked by load_training_data already
+    cells = cells_with_counts.copy()  # [cells]
     genes = np.ones(adata.n_vars, dtype=bool)  # [genes]
     if 0 < n_top_genes < adata.n_vars:
         genes = seurat_v3_genes(counts.subset(cells), n_top_genes)
         selected = counts.select_genes(gene_selection(adata.var_names, adata.var_names[genes]))
         cells &= np.asarray(selected.sum(axis=1)).ravel() > 0
-    if not cells.all():
+    if (cells != cells_with_counts).any():
         warnings.warn(
-            f"{int((~cells).sum())} cells with zero counts (over the genes used) are left out "
-            "of training; they are still annotated",
+            f"{int((cells != cells_with_counts).sum())} cells have zero counts over the "
+            "genes used: they are left out of training but still annotated",
             PyroSCVAEWarning,
             stacklevel=2,
         )
@@ -287,8 +289,10 @@ def nonempty_cells(adata: ad.AnnData, layer: str | None) -> np.ndarray:
 
 def run(args) -> None:
     adata, labels_key = load_training_data(args)
+    output_cells = None  # backed: the cells written to the outputs (those with counts)
     if adata.isbacked:
-        training_adata = backed_training_subset(adata, args.n_top_genes)
+        output_cells = nonempty_cells(adata, None)
+        training_adata = backed_training_subset(adata, args.n_top_genes, output_cells)
     else:
         training_adata = select_genes(adata, args.n_top_genes, args.layer)
         training_adata = drop_empty_cells(training_adata, args.layer)
@@ -325,7 +329,7 @@ def run(args) -> None:
         }
     )
     with cli.atomic_output_dir(args.out) as out:
-        metrics = write_outputs(model, adata, training_adata, settings, out, args)
+        metrics = write_outputs(model, adata, training_adata, settings, out, args, output_cells)
         if query is not None:
             (out / "query").mkdir()
             annotate_and_write(
@@ -369,9 +373,14 @@ def backed_cells(adata: ad.AnnData) -> np.ndarray | None:
     return nonempty_cells(adata, None) if adata.isbacked else None
 
 
-def write_outputs(model, adata, training_adata, settings, out: Path, args) -> dict:
-    """Predictions, annotated data, metrics, the model and the plots of the training run."""
-    annotate_and_write(model, adata, settings, out, args.min_confidence, backed_cells(adata))
+def write_outputs(
+    model, adata, training_adata, settings, out: Path, args, cells: np.ndarray | None
+) -> dict:
+    """Predictions, annotated data, metrics, the model and the plots of the training run.
+
+    ``cells``: for a backed ``adata``, the cells to write (see :func:`annotate_and_write`).
+    """
+    annotate_and_write(model, adata, settings, out, args.min_confidence, cells)
     history = model.history
     metrics = {
         "epochs": len(history.elbo),
