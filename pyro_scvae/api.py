@@ -39,14 +39,7 @@ from pyro_scvae.data import (
 )
 from pyro_scvae.evaluation import classification_metrics
 from pyro_scvae.model import HierarchicalVAE, ModelConfig
-from pyro_scvae.training import (
-    History,
-    TrainingConfig,
-    kl_weight,
-    lr_factor,
-    resolve_device,
-    train,
-)
+from pyro_scvae.training import History, TrainingConfig, resolve_device, train
 
 SETUP_KEY = "_pyro_scvae_setup"
 UNASSIGNED = "Unassigned"
@@ -282,8 +275,6 @@ class PyroSCVAE:
         """
         if not 0.0 <= validation_fraction < 1.0:
             raise InputError("validation_fraction must be in [0, 1)")
-        lr_factor(lr_schedule, 0, 1)  # an unknown schedule fails here, before any work
-        kl_weight(kl_warmup, 0, 1)  # and so does a warm-up outside [0, 1]
         seed = self.seed if seed is None else seed
         epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
         self.training_config = TrainingConfig(

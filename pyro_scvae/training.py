@@ -79,6 +79,11 @@ class TrainingConfig:
     lr_schedule: str = "constant"
     kl_warmup: float = 0.5
 
+    def __post_init__(self) -> None:
+        # An unknown schedule or a warm-up outside [0, 1] fails here, before any work.
+        lr_factor(self.lr_schedule, 0, 1)
+        kl_weight(self.kl_warmup, 0, 1)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
