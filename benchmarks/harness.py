@@ -166,7 +166,7 @@ def machine_info() -> dict[str, Any]:
     -------
     dict
         ``cpu``, ``logical_cores``, ``usable_cores``, ``memory_gb``, ``os``, ``python``,
-        ``torch_threads``.
+        ``torch_threads``, ``gpu`` (the CUDA device's name, or None).
     """
     cpu = platform.processor() or platform.machine()
     try:
@@ -184,8 +184,9 @@ def machine_info() -> dict[str, Any]:
         import torch
 
         torch_threads = torch.get_num_threads()
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
-        torch_threads = None
+        torch_threads, gpu = None, None
     return {
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
@@ -194,6 +195,7 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch_threads": torch_threads,
+        "gpu": gpu,
     }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,6 +46,31 @@ Method = Callable[..., MethodResult]
 UNLABELLED = "__unlabelled__"
 #: Training-label column handed to the semi-supervised models.
 TRAIN_LABEL_KEY = "label_for_training"
+#: Environment variable naming where the neural methods train: ``cpu`` (default) or ``gpu``.
+#: ``benchmarks/run.py --accelerator`` sets it; the child processes inherit it.
+ACCELERATOR_ENV = "PYRO_SCVAE_BENCHMARK_ACCELERATOR"
+
+
+def accelerator() -> str:
+    """Where SCANVI and pyro_scvae train in this benchmark: ``"cpu"`` or ``"gpu"``.
+
+    Returns
+    -------
+    str
+        The value of :data:`ACCELERATOR_ENV`, ``"cpu"`` when unset.
+    """
+    return os.environ.get(ACCELERATOR_ENV, "cpu")
+
+
+def pyro_device() -> str:
+    """pyro_scvae's ``device`` argument matching :func:`accelerator`.
+
+    Returns
+    -------
+    str
+        ``"cuda"`` for the GPU, else ``"cpu"``.
+    """
+    return "cuda" if accelerator() == "gpu" else "cpu"
 
 
 def _split(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +134,7 @@ def _scvi_train_kwargs(max_epochs: int | None, n_cells: int) -> dict[str, object
         from pyro_scvae.api import default_epochs
 
         max_epochs = default_epochs(n_cells)
-    return {"max_epochs": max_epochs, "accelerator": "cpu", "enable_progress_bar": False}
+    return {"max_epochs": max_epochs, "accelerator": accelerator(), "enable_progress_bar": False}
 
 
 def with_training_labels(adata: ad.AnnData, unlabelled: object) -> ad.AnnData:
@@ -453,7 +479,7 @@ def fit_predict_pyro_scvae(
 
     data = with_training_labels(adata, np.nan)
     _, query = _split(data)
-    fit_kwargs: dict[str, object] = {"seed": seed, "progress": False}
+    fit_kwargs: dict[str, object] = {"seed": seed, "progress": False, "device": pyro_device()}
     if epochs is not None:
         fit_kwargs["epochs"] = epochs
     info: Info = {"epochs": epochs}

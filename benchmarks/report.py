@@ -325,7 +325,10 @@ def render_markdown(results: dict[str, Any], scaling: dict[str, Any] | None = No
         f"- date: {meta['date']}; total wall time {meta.get('wall_s', float('nan')):.0f} s",
         f"- machine: {machine['cpu']}, {machine['logical_cores']} logical cores "
         f"({machine['usable_cores']} usable), {machine['memory_gb']} GB memory, "
-        f"{machine['os']}, Python {machine['python']}, torch threads {machine['torch_threads']}",
+        f"{machine['os']}, Python {machine['python']}, torch threads {machine['torch_threads']}"
+        + (f", GPU {machine['gpu']}" if machine.get("gpu") else ""),
+        "- SCANVI and pyro_scvae trained on the "
+        + ("GPU" if meta.get("accelerator") == "gpu" else "CPU"),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- mode: {'quick' if meta['quick'] else 'full'}; seeds {meta['seeds']}; "
         f"epochs of neural methods: {meta['epochs'] or 'their defaults'}"

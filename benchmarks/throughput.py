@@ -31,13 +31,20 @@ def _cells_per_second(seconds: list[float], cells: int) -> float:
 def _fit_pyro(
     adata: Any, batch_key: str | None, batch_size: int, epochs: int, seed: int, jit: bool = False
 ) -> dict:
-    from benchmarks.methods import TRAIN_LABEL_KEY, epoch_seconds
+    from benchmarks.methods import TRAIN_LABEL_KEY, epoch_seconds, pyro_device
     from pyro_scvae import PyroSCVAE
 
     PyroSCVAE.setup_anndata(adata, labels_key=TRAIN_LABEL_KEY, batch_key=batch_key)
     model = PyroSCVAE(adata, **ARCHITECTURE)
     start = time.perf_counter()
-    model.fit(epochs=epochs, batch_size=batch_size, seed=seed, progress=False, jit=jit)
+    model.fit(
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        progress=False,
+        jit=jit,
+        device=pyro_device(),
+    )
     total = time.perf_counter() - start
     seconds = epoch_seconds(model)
     timing = "per-epoch"
@@ -51,7 +58,7 @@ def _fit_scanvi(adata: Any, batch_key: str | None, batch_size: int, epochs: int,
     import scvi
     from lightning.pytorch.callbacks import Callback
 
-    from benchmarks.methods import TRAIN_LABEL_KEY, UNLABELLED, quiet_scvi
+    from benchmarks.methods import TRAIN_LABEL_KEY, UNLABELLED, accelerator, quiet_scvi
 
     class EpochTimer(Callback):
         """Wall time of every training epoch."""
@@ -76,7 +83,7 @@ def _fit_scanvi(adata: Any, batch_key: str | None, batch_size: int, epochs: int,
         max_epochs=epochs,
         batch_size=batch_size,
         train_size=1.0,
-        accelerator="cpu",
+        accelerator=accelerator(),
         enable_progress_bar=False,
         callbacks=[timer],
     )

@@ -16,7 +16,7 @@ from pyro_scvae import load_pbmc68k_counts
 # benchmarks/ is not an installed package: import it from the repository root
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import run
+from benchmarks import methods, run
 from benchmarks.metrics import expected_calibration_error, score
 from benchmarks.tasks import TASKS, TASKS_NEEDING_DATA, build_task, data_available
 from benchmarks.tasks import load_pbmc68k_counts as benchmark_loader
@@ -55,11 +55,30 @@ def test_quick_mode_runs_on_tiny_t4(tmp_path):
     }
     assert "- training throughput ≥ 1.5× SCANVI's at batch size 128:" in markdown
     assert results["meta"]["machine"]["logical_cores"] >= 1
+    assert results["meta"]["accelerator"] == "cpu"
+    assert "- SCANVI and pyro_scvae trained on the CPU" in markdown
     assert "## Throughput" in markdown and "## Targets" in markdown
     cases = json.loads(scaling.read_text())["cases"]
     assert "## Scaling" in markdown and "| cells | mode | time per epoch (s) |" in markdown
     for case in cases:
         assert f"| {case['cells']:,} | {case['mode']} | {case['epoch_seconds']:.0f} |" in markdown
+
+
+def test_accelerator_reaches_scanvi_and_pyro_scvae(monkeypatch, capsys):
+    """``--accelerator gpu`` moves both neural methods to the GPU, or refuses without one."""
+    monkeypatch.delenv(methods.ACCELERATOR_ENV, raising=False)
+    assert methods._scvi_train_kwargs(7, 100)["accelerator"] == "cpu"
+    assert methods.pyro_device() == "cpu"
+    monkeypatch.setenv(methods.ACCELERATOR_ENV, "gpu")
+    assert methods._scvi_train_kwargs(7, 100) == {
+        "max_epochs": 7,
+        "accelerator": "gpu",
+        "enable_progress_bar": False,
+    }
+    assert methods.pyro_device() == "cuda"
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(SystemExit, match="sees no CUDA GPU"):
+            run.main(["--accelerator", "gpu", "--tasks", "T4", "--methods", "logreg"])
 
 
 def test_metrics_on_known_values():
