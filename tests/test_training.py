@@ -65,7 +65,9 @@ def test_compiled_elbo_gives_the_same_loss_as_uncompiled(n_batches, kl_weight):
 
     The compiled graph draws its random numbers differently, so the two agree in
     expectation: with the learning rate at 0, repeated steps are independent estimates.
-    β below 1 (KL warm-up) reaches the compiled trace as an argument, not a constant.
+    β (KL warm-up) reaches the compiled trace as an argument, not a constant: both
+    traces are compiled at β = 0, as in the first epoch of training, and then compared
+    at another β.
     """
     torch.manual_seed(0)
     n_library = max(n_batches, 1)
@@ -78,6 +80,9 @@ def test_compiled_elbo_gives_the_same_loss_as_uncompiled(n_batches, kl_weight):
     with pyro.get_param_store().scope():
         compiled = Stepper(vae, lr=0.0, jit_batch_size=160)
         plain = Stepper(vae, lr=0.0)
+        compiled.set_kl_weight(0.0)
+        for labels in (None, y):
+            compiled.step(x, labels, batch)  # compiles the unlabelled and labelled traces
         for stepper in (compiled, plain):
             stepper.set_kl_weight(kl_weight)
         for labels in (None, y):
