@@ -76,6 +76,16 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "new_unbalanced": {"init": {"balance_classes": False}, "fit": {}},
     "new_layers2": {"init": {"n_layers": 2}, "fit": {}},
     "new_hidden256": {"init": {"n_hidden": 256}, "fit": {}},
+    "new_prior_frequencies": {"init": {"class_prior": "frequencies"}, "fit": {}},
+    "new_alpha100": {"init": {"alpha": 100.0}, "fit": {}},
+    "new_alpha100_lr1e-3": {"init": {"alpha": 100.0}, "fit": {"lr": 1e-3}},
+    "new_jit": {"init": {}, "fit": {"jit": True}},
+    "new_lr1e-3": {"init": {}, "fit": {"lr": 1e-3}},
+    "new_lr1e-3_double": {"init": {}, "fit": {"lr": 1e-3, "epoch_scale": 2.0}},
+    "new_prior_frequencies_unbalanced": {
+        "init": {"class_prior": "frequencies", "balance_classes": False},
+        "fit": {},
+    },
     "warmup_half_jit": {"init": {}, "fit": {"kl_warmup": 0.5, "jit": True}},
     "warmup_half_short": {"init": {}, "fit": {"kl_warmup": 0.5, "epoch_scale": 0.5}},
     "warmup_half_jit_long": {

@@ -81,6 +81,16 @@ def test_accelerator_reaches_scanvi_and_pyro_scvae(monkeypatch, capsys):
             run.main(["--accelerator", "gpu", "--tasks", "T4", "--methods", "logreg"])
 
 
+def test_heldout_curve_reports_elbo_and_f1():
+    from benchmarks.heldout_curve import curve
+
+    records = curve("T4", 0, None, every=1, epochs=3)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    elbo = [r["heldout_elbo_per_cell"] for r in records]
+    assert all(np.isfinite(elbo)) and elbo[-1] > elbo[0]  # it trains
+    assert all(0.0 <= r["query_macro_f1"] <= 1.0 for r in records)
+
+
 def test_metrics_on_known_values():
     proba = pd.DataFrame([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.1, 0.8]], columns=list("abz"))
     scores = score(["a", "a", "b"], proba)
