@@ -66,14 +66,22 @@ def guide_samples(vae, x, y, batch) -> poutine.Trace:
     return trace
 
 
-def pyro_and_hand(vae, x, y, batch):
-    """TraceEnum_ELBO's loss and the hand-derived ELBO on the same sampled z₁, l, z₂."""
+def pyro_loss(vae, x, y, batch, wrap=lambda program: program):
+    """TraceEnum_ELBO's loss on sampled z₁, l, z₂, and those samples.
+
+    ``wrap`` is applied to the model and the (replayed) guide, e.g. a ``ScaleKL``.
+    """
     trace = guide_samples(vae, x, y, batch)
     replayed_guide = poutine.replay(vae.guide, trace=trace)
     loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
-        vae.model, replayed_guide, x, y, batch
+        wrap(vae.model), wrap(replayed_guide), x, y, batch
     )
-    values = [trace.nodes[name]["value"] for name in ("z1", "l", "z2")]
+    return loss, [trace.nodes[name]["value"] for name in ("z1", "l", "z2")]
+
+
+def pyro_and_hand(vae, x, y, batch):
+    """TraceEnum_ELBO's loss and the hand-derived ELBO on the same sampled z₁, l, z₂."""
+    loss, values = pyro_loss(vae, x, y, batch)
     return loss, hand_derived_elbo(vae, x, *values, y, batch), values
 
 
@@ -121,12 +129,8 @@ def test_kl_warmup_scales_terms_of_y_z2_and_l(labelled):
     beta = 0.3
     vae = make_vae(0)
     x, y, batch = make_batch(0, labelled)
-    trace = guide_samples(vae, x, y, batch)
-    replayed_guide = poutine.replay(vae.guide, trace=trace)
-    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
-        ScaleKL(beta)(vae.model), ScaleKL(beta)(replayed_guide), x, y, batch
-    )
-    terms = elbo_terms(vae, x, *(trace.nodes[n]["value"] for n in ("z1", "l", "z2")), y, batch)
+    loss, values = pyro_loss(vae, x, y, batch, wrap=ScaleKL(beta))
+    terms = elbo_terms(vae, x, *values, y, batch)
     annealed = {"y", "library", "z2"}
     elbo = sum((beta if name in annealed else 1.0) * t.sum() for name, t in terms.items())
     assert abs(loss.item() + elbo.item()) <= 1e-10 * abs(elbo.item())
