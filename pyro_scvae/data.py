@@ -79,6 +79,25 @@ def count_matrix(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix |
     return matrix
 
 
+def cell_totals(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+    """Total counts of each cell, ``[cells]``, with the counts checked as in :func:`count_matrix`.
+
+    A backed ``.X`` is read once: each chunk is checked and summed in the same pass.
+
+    Raises
+    ------
+    InputError
+        As :func:`count_matrix`.
+    """
+    if getattr(adata, "isbacked", False) and layer is None:
+        totals = []
+        for chunk in BackedCounts.from_adata(adata).chunks():  # [CHUNK_ROWS, genes] each
+            check_counts(chunk.data, where=".X")
+            totals.append(np.asarray(chunk.sum(axis=1)).ravel())
+        return np.concatenate(totals) if totals else np.zeros(0)
+    return np.asarray(count_matrix(adata, layer).sum(axis=1)).ravel()
+
+
 class BackedCounts:
     """The ``.X`` counts of an ``.h5ad`` file, read from disk a few rows at a time.
 

@@ -24,6 +24,7 @@ from pyro_scvae.data import (
     BackedCounts,
     InputError,
     PyroSCVAEWarning,
+    cell_totals,
     count_matrix,
     gene_selection,
     load_pbmc68k_counts,
@@ -206,7 +207,12 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def load_training_data(args) -> tuple[ad.AnnData, str]:
-    """The AnnData to train on (checked, genes selected, empty cells dropped) and its labels key."""
+    """The AnnData to train on and its labels key.
+
+    In memory its counts are checked and its empty cells dropped. A backed AnnData is
+    returned as opened: :func:`nonempty_cells` checks its counts in the same pass over
+    the file that finds the empty cells.
+    """
     if args.backed and args.adata is None:
         raise InputError("--backed needs --adata (the .h5ad file to read from disk)")
     cli.check_backed_layer(args.backed, args.layer)
@@ -217,10 +223,9 @@ def load_training_data(args) -> tuple[ad.AnnData, str]:
             raise InputError("--labels-key is required with --adata (the obs column of cell types)")
         adata, labels_key = cli.read_adata(args.adata, backed=args.backed), args.labels_key
     PyroSCVAE.setup_anndata(adata, labels_key, args.unlabeled_category, args.batch_key, args.layer)
-    count_matrix(adata, args.layer)  # checks: integers, finite, non-negative
     if adata.isbacked:
         return adata, labels_key  # a subset is taken once, in backed_training_subset
-    return drop_empty_cells(adata, args.layer), labels_key
+    return drop_empty_cells(adata, args.layer), labels_key  # checks the counts
 
 
 def backed_training_subset(
@@ -235,7 +240,7 @@ def backed_training_subset(
     the outputs. anndata allows only one level of view of a backed AnnData, so cells and
     genes are chosen first and the view taken once.
     """
-    counts = BackedCounts.from_adata(adata)  # checked by load_training_data already
+    counts = BackedCounts.from_adata(adata)  # checked by nonempty_cells already
     cells = cells_with_counts.copy()  # [cells]
     genes = np.ones(adata.n_vars, dtype=bool)  # [genes]
     if 0 < n_top_genes < adata.n_vars:
@@ -273,9 +278,10 @@ def drop_empty_cells(adata: ad.AnnData, layer: str | None) -> ad.AnnData:
 def nonempty_cells(adata: ad.AnnData, layer: str | None) -> np.ndarray:
     """Boolean mask ``[cells]`` of the cells with counts; a warning says how many have none.
 
-    The counts are checked first; on disk (a backed AnnData) both passes go in chunks.
+    The counts are checked on the way (:func:`~pyro_scvae.data.cell_totals`: one pass
+    in chunks over a backed AnnData).
     """
-    totals = np.asarray(count_matrix(adata, layer).sum(axis=1)).ravel()
+    totals = cell_totals(adata, layer)  # [cells]
     if (totals == 0).all():
         raise InputError("every cell has zero counts")
     if (totals == 0).any():

@@ -22,6 +22,7 @@ from pyro_scvae.api import match_genes
 from pyro_scvae.data import (
     BackedCounts,
     InputError,
+    cell_totals,
     count_matrix,
     seurat_v3_genes,
     take_rows,
@@ -97,8 +98,12 @@ def test_backed_checks_run_over_every_chunk(tmp_path, small_chunks):
     matrix = adata.X.tocsr(copy=True)
     matrix.data[-1] = 0.5  # the last row, in the last chunk: not an integer
     ad.AnnData(X=matrix, obs=adata.obs).write_h5ad(tmp_path / "fractional.h5ad")
-    with pytest.raises(InputError, match="not integer counts"):
-        count_matrix(ad.read_h5ad(tmp_path / "fractional.h5ad", backed="r"))
+    for check in (count_matrix, cell_totals):
+        with pytest.raises(InputError, match="not integer counts"):
+            check(ad.read_h5ad(tmp_path / "fractional.h5ad", backed="r"))
+    ad.AnnData(X=sp.csr_matrix(adata.X), obs=adata.obs).write_h5ad(tmp_path / "counts.h5ad")
+    backed = ad.read_h5ad(tmp_path / "counts.h5ad", backed="r")
+    np.testing.assert_array_equal(cell_totals(backed), np.asarray(adata.X.sum(axis=1)).ravel())
 
     ad.AnnData(X=adata.X.toarray(), obs=adata.obs).write_h5ad(tmp_path / "dense.h5ad")
     dense = count_matrix(ad.read_h5ad(tmp_path / "dense.h5ad", backed="r"))

@@ -293,6 +293,16 @@ def test_bad_data_gives_one_line_error(name, h5ad, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["log-normalised", "nan", "negative"])
+def test_bad_counts_on_disk_give_the_same_error(name, h5ad, tmp_path, capsys):
+    """``--backed`` checks the counts (in the pass that finds the empty cells) before training."""
+    change, pattern = BAD_DATA[name]
+    path = write_variant(tmp_path, h5ad, name, change)
+    argv = ["--adata", path, "--labels-key", "label", "--out", str(tmp_path / "o"), *FAST]
+    fails_with(capsys, fit.main, [*argv, "--backed"], pattern)
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_files_keys_and_options(h5ad, tmp_path, capsys):
     garbage = tmp_path / "garbage.h5ad"
     garbage.write_bytes(b"this is not hdf5")
