@@ -25,7 +25,6 @@ from pyro_scvae.data import (
     InputError,
     PyroSCVAEWarning,
     cell_totals,
-    count_matrix,
     gene_selection,
     load_pbmc68k_counts,
     seurat_v3_genes,
@@ -302,11 +301,11 @@ def run(args) -> None:
     else:
         training_adata = select_genes(adata, args.n_top_genes, args.layer)
         training_adata = drop_empty_cells(training_adata, args.layer)
-    query = None
-    if args.query is not None:
+    query, query_cells = None, None
+    if args.query is not None:  # its counts are checked here, before training
         query = cli.read_adata(args.query, backed=args.backed)
-        count_matrix(query, args.layer)
-        if not query.isbacked:
+        query_cells = backed_cells(query)  # one pass over a backed file: check and sums
+        if query_cells is None:
             query = drop_empty_cells(query, args.layer)
     model_options = {name: getattr(args, name) for name in MODEL_OPTIONS}
     model = PyroSCVAE(training_adata, seed=args.seed, **model_options)
@@ -339,7 +338,7 @@ def run(args) -> None:
         if query is not None:
             (out / "query").mkdir()
             annotate_and_write(
-                model, query, settings, out / "query", args.min_confidence, backed_cells(query)
+                model, query, settings, out / "query", args.min_confidence, query_cells
             )
     if not args.quiet:
         print_summary(model, metrics, training_adata, Path(args.out))

@@ -303,6 +303,18 @@ def test_bad_counts_on_disk_give_the_same_error(name, h5ad, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("backed", [False, True], ids=["memory", "backed"])
+def test_bad_query_counts_stop_before_training(backed, h5ad, tmp_path, capsys, monkeypatch):
+    change, pattern = BAD_DATA["log-normalised"]
+    query = write_variant(tmp_path, h5ad, "query", change)
+    trained = []
+    monkeypatch.setattr(fit.PyroSCVAE, "fit", lambda *a, **k: trained.append(1))
+    argv = ["--adata", str(h5ad), "--labels-key", "label", "--query", query]
+    argv += ["--out", str(tmp_path / "o"), *FAST] + (["--backed"] if backed else [])
+    fails_with(capsys, fit.main, argv, pattern)
+    assert not trained and not (tmp_path / "o").exists()
+
+
 def test_bad_files_keys_and_options(h5ad, tmp_path, capsys):
     garbage = tmp_path / "garbage.h5ad"
     garbage.write_bytes(b"this is not hdf5")
