@@ -82,6 +82,13 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "new_jit": {"init": {}, "fit": {"jit": True}},
     "new_lr1e-3": {"init": {}, "fit": {"lr": 1e-3}},
     "new_lr1e-3_double": {"init": {}, "fit": {"lr": 1e-3, "epoch_scale": 2.0}},
+    "new_half": {"init": {}, "fit": {"epoch_scale": 0.5}},
+    "new_third": {"init": {}, "fit": {"epoch_scale": 0.35}},
+    "new_half_lr6e-3": {"init": {}, "fit": {"epoch_scale": 0.5, "lr": 6e-3}},
+    "new_half_lr6e-3_cosine": {
+        "init": {},
+        "fit": {"epoch_scale": 0.5, "lr": 6e-3, "lr_schedule": "cosine"},
+    },
     "new_prior_frequencies_unbalanced": {
         "init": {"class_prior": "frequencies", "balance_classes": False},
         "fit": {},
