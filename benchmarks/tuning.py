@@ -84,6 +84,11 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "new_lr1e-3_double": {"init": {}, "fit": {"lr": 1e-3, "epoch_scale": 2.0}},
     "new_half": {"init": {}, "fit": {"epoch_scale": 0.5}},
     "new_third": {"init": {}, "fit": {"epoch_scale": 0.35}},
+    "new_scanvi_schedule": {"init": {}, "fit": {"epochs": 400, "lr": 1e-3, "kl_warmup": 1.0}},
+    "new_scanvi_schedule_alpha100": {
+        "init": {"alpha": 100.0},
+        "fit": {"epochs": 400, "lr": 1e-3, "kl_warmup": 1.0},
+    },
     "new_half_lr6e-3": {"init": {}, "fit": {"epoch_scale": 0.5, "lr": 6e-3}},
     "new_half_lr6e-3_cosine": {
         "init": {},
