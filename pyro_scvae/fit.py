@@ -31,7 +31,7 @@ from pyro_scvae.data import (
     write_h5ad_rows,
 )
 from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_embedding, umap_coordinates
-from pyro_scvae.training import LR_SCHEDULES
+from pyro_scvae.training import LR_SCHEDULES, warmup_epochs
 
 DEFAULT_LABELS_KEY = "bulk_labels"
 MAX_UMAP_CELLS = 50_000
@@ -404,7 +404,8 @@ def write_outputs(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     model.save(out / "model")
     config = model.training_config
-    plot_elbo(history.elbo, out / "elbo.png", warmup_epochs=config.kl_warmup * config.epochs)
+    warmup = warmup_epochs(config.kl_warmup, config.epochs)
+    plot_elbo(history.elbo, out / "elbo.png", warmup_epochs=warmup)
     if model.validation_metrics is not None:
         cells = model.validation_cells
         truth = np.array(model.classes)[model.data.labels[cells]]

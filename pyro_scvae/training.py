@@ -109,12 +109,17 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     raise InputError(f"unknown learning-rate schedule {schedule!r}; choose from {LR_SCHEDULES}")
 
 
-def kl_weight(kl_warmup: float, epoch: int, epochs: int) -> float:
-    """β of ``epoch`` (0-based) of ``epochs``: linear from 0 over ``kl_warmup · epochs`` epochs."""
+def warmup_epochs(kl_warmup: float, epochs: int) -> float:
+    """Length of the KL warm-up in epochs: ``kl_warmup · epochs`` (β < 1 before it ends)."""
     if not 0.0 <= kl_warmup <= 1.0:
         raise InputError(f"kl_warmup must be a fraction of the epochs in [0, 1], got {kl_warmup}")
-    warmup_epochs = kl_warmup * epochs
-    return 1.0 if epoch >= warmup_epochs else epoch / warmup_epochs
+    return kl_warmup * epochs
+
+
+def kl_weight(kl_warmup: float, epoch: int, epochs: int) -> float:
+    """β of ``epoch`` (0-based) of ``epochs``: linear from 0 over :func:`warmup_epochs`."""
+    length = warmup_epochs(kl_warmup, epochs)
+    return 1.0 if epoch >= length else epoch / length
 
 
 class ScaleKL(Messenger):
