@@ -246,10 +246,11 @@ def backed_training_subset(
         genes = seurat_v3_genes(counts.subset(cells), n_top_genes)
         selected = counts.select_genes(gene_selection(adata.var_names, adata.var_names[genes]))
         cells &= np.asarray(selected.sum(axis=1)).ravel() > 0
-    if (cells != cells_with_counts).any():
+    emptied = int((cells != cells_with_counts).sum())  # cells with counts, none in these genes
+    if emptied:
         warnings.warn(
-            f"{int((cells != cells_with_counts).sum())} cells have zero counts over the "
-            "genes used: they are left out of training but still annotated",
+            f"{emptied} cells have zero counts over the genes used: they are left out of "
+            "training but still annotated",
             PyroSCVAEWarning,
             stacklevel=2,
         )
