@@ -68,7 +68,7 @@ class PyroSCVAE:
         ``anndata.read_h5ad(path, backed="r")`` (or one subset of it, e.g.
         ``adata[:, genes]``) keeps ``.X`` on disk: training reads the rows of each
         minibatch from the file and every full pass goes in chunks.
-    n_latent, n_hidden, n_layers, dropout, alpha, encode_batch
+    n_latent, n_hidden, n_layers, dropout, alpha, encode_batch, separate_library_encoder
         Architecture and classification weight, see :class:`~pyro_scvae.model.ModelConfig`.
     class_prior
         ``"uniform"`` or ``"frequencies"`` (label frequencies of the labelled cells) for p(y).
@@ -92,6 +92,7 @@ class PyroSCVAE:
         dropout: float = 0.1,
         alpha: float = 50.0,
         encode_batch: bool = False,
+        separate_library_encoder: bool = True,
         class_prior: str = "uniform",
         balance_classes: bool | float = True,
         seed: int = 0,
@@ -139,6 +140,7 @@ class PyroSCVAE:
             dropout=dropout,
             alpha=alpha,
             encode_batch=bool(encode_batch),
+            separate_library_encoder=bool(separate_library_encoder),
         )
         if class_prior not in ("uniform", "frequencies"):
             raise InputError(f"class_prior must be 'uniform' or 'frequencies', not {class_prior!r}")
@@ -449,8 +451,10 @@ class PyroSCVAE:
             raise InputError(f"{directory} is not a saved pyro_scvae model (no {CONFIG_FILE})")
         config = json.loads((directory / CONFIG_FILE).read_text())
         self = cls.__new__(cls)
-        # Models saved before encode_batch existed gave the batch to the encoder.
-        self.config = ModelConfig(**{"encode_batch": True, **config["model"]})
+        # Models saved before these options existed gave the batch to the encoder, and
+        # q(l | x) shared the encoder of q(z₁ | x).
+        old_defaults = {"encode_batch": True, "separate_library_encoder": False}
+        self.config = ModelConfig(**{**old_defaults, **config["model"]})
         self.classes = config["classes"]
         self.genes = config["genes"]
         self.batch_categories = config["batch_categories"]

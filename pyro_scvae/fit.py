@@ -54,6 +54,11 @@ MODEL_OPTIONS = {
         "give the --batch-key covariate to the encoder of z1 and l too, not only to the "
         "decoder (--no-encode-batch: q(z1 | x) as in MODEL.md)",
     ),
+    "separate_library_encoder": (
+        bool,
+        "q(l | x) from an encoder of its own, as scvi-tools (--no-separate-library-encoder: "
+        "it shares the hidden layers of the encoder of z1)",
+    ),
 }
 
 

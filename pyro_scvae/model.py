@@ -11,7 +11,7 @@ Generative model (per cell)::
 Guide::
 
     z₁ ~ q(z₁ | x)        x_encoder on log1p(x)
-    l  ~ q(l | x)         x_encoder on log1p(x) (the same hidden layers)
+    l  ~ q(l | x)         library_encoder on log1p(x) (or x_encoder's hidden layers, shared)
     y  ~ q(y | z₁)        classifier (logits), enumerated in parallel when unobserved
     z₂ ~ q(z₂ | z₁, y)    z2_encoder, once per enumerated value of y
 
@@ -61,6 +61,12 @@ class ModelConfig:
         Whether the encoder of q(z₁ | x) q(l | x) also sees the one-hot batch (the
         decoder always does where there are batches). False is MODEL.md's q(z₁ | x) and
         scvi-tools' default (``encode_covariates=False``).
+    separate_library_encoder
+        Whether q(l | x) has an encoder of its own (True, as scvi-tools' ``l_encoder``) or
+        shares the hidden layers of the encoder of q(z₁ | x) (False, as Pyro's scANVI
+        example; models saved before the option load with it). Both are MODEL.md's
+        "LogNormal from an encoder of log1p(x)"; the separate one was chosen on the
+        benchmark tasks (``benchmarks/tuning.md``, fifth round).
     """
 
     n_genes: int
@@ -72,6 +78,7 @@ class ModelConfig:
     dropout: float = 0.1
     alpha: float = 50.0
     encode_batch: bool = False
+    separate_library_encoder: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +128,12 @@ class HierarchicalVAE(nn.Module):
 
         with_batch = [b] if b else []  # the one-hot batch covariate, when there is one
         encoder_batch = with_batch if config.encode_batch else []
-        self.x_encoder = GaussianNet([config.n_genes, *encoder_batch], d + 1, hidden, p)
+        x_inputs = [config.n_genes, *encoder_batch]
+        if config.separate_library_encoder:
+            self.x_encoder = GaussianNet(x_inputs, d, hidden, p)
+            self.library_encoder = GaussianNet(x_inputs, 1, hidden, p)
+        else:  # one encoder: d locations and scales for z₁, one for log l
+            self.x_encoder = GaussianNet(x_inputs, d + 1, hidden, p)
         self.classifier = Classifier(d, k, hidden, p)
         self.z2_encoder = GaussianNet([d, k], d, hidden, p)
         self.z1_decoder = GaussianNet([d, k], d, hidden, 0.0)
@@ -144,8 +156,11 @@ class HierarchicalVAE(nn.Module):
         self, x: torch.Tensor, batch_onehot: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Parameters of q(z₁|x) (``[batch, d]`` each) and of q(l|x) (``[batch]`` each)."""
-        covariates = batch_onehot if self.config.encode_batch else []
-        loc, scale = self.x_encoder(torch.log1p(x), *covariates)  # [batch, d + 1] each
+        inputs = [torch.log1p(x), *(batch_onehot if self.config.encode_batch else [])]
+        loc, scale = self.x_encoder(*inputs)  # [batch, d] each ([batch, d + 1] when shared)
+        if self.config.separate_library_encoder:
+            l_loc, l_scale = self.library_encoder(*inputs)  # [batch, 1] each
+            return loc, scale, l_loc[..., 0], l_scale[..., 0]
         d = self.config.n_latent
         return loc[..., :d], scale[..., :d], loc[..., d], scale[..., d]
 

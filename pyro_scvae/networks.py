@@ -5,16 +5,19 @@ Each network is named for the distribution it parameterises (see MODEL.md):
 ==================  ===========================  =========================
 network             distribution                 inputs
 ==================  ===========================  =========================
-``x_encoder``       q(z₁ | x) and    (Normal,      log1p(x) [, batch when
-                    q(l | x)         LogNormal)    ``encode_batch``]
+``x_encoder``       q(z₁ | x)       (Normal)      log1p(x) [, batch when
+                                                  ``encode_batch``]
+``library_encoder`` q(l | x)        (LogNormal)   the same as ``x_encoder``
 ``classifier``      q(y | z₁)       (logits)      z₁
 ``z2_encoder``      q(z₂ | z₁, y)   (Normal)      z₁, one-hot y
 ``z1_decoder``      p(z₁ | z₂, y)   (Normal)      z₂, one-hot y
 ``x_decoder``       p(x | z₁, l)    (ZINB)        z₁ [, batch]
 ==================  ===========================  =========================
 
-q(z₁|x) and q(l|x) share the hidden layers of one encoder (as in Pyro's scANVI
-example): its last layer gives d + 1 locations and scales, d for z₁ and one for log l.
+q(l|x) has an encoder of its own, as in scvi-tools. With
+``separate_library_encoder=False`` there is no ``library_encoder``: q(z₁|x) and q(l|x)
+share the hidden layers of ``x_encoder`` (as in Pyro's scANVI example), whose last layer
+then gives d + 1 locations and scales, d for z₁ and one for log l.
 Hidden layers are Linear → LayerNorm → ReLU → Dropout. LayerNorm acts on each cell
 alone, so the networks behave identically whether or not Pyro has added a leading
 enumeration dimension, and no flattening around batch statistics is needed.

@@ -59,18 +59,22 @@ def test_save_load_gives_identical_probabilities(trained, simulated, tmp_path):
         PyroSCVAE.load(tmp_path)
 
 
-def test_models_saved_before_encode_batch_load_with_the_batch_in_the_encoder(simulated, tmp_path):
+def test_models_saved_before_the_encoder_options_load_with_the_old_encoder(simulated, tmp_path):
     import json
 
     PyroSCVAE.setup_anndata(simulated, labels_key="label", batch_key="batch")
-    old_style = PyroSCVAE(simulated, n_latent=4, encode_batch=True, seed=0)
+    old_style = PyroSCVAE(
+        simulated, n_latent=4, encode_batch=True, separate_library_encoder=False, seed=0
+    )
+    assert not hasattr(old_style.module, "library_encoder")
     old_style.fit(epochs=1, progress=False).save(tmp_path / "model")
     config_file = tmp_path / "model" / "config.json"
     config = json.loads(config_file.read_text())
-    del config["model"]["encode_batch"]  # as written before the option existed
+    del config["model"]["encode_batch"]  # as written before the options existed
+    del config["model"]["separate_library_encoder"]
     config_file.write_text(json.dumps(config))
     loaded = PyroSCVAE.load(tmp_path / "model", device="cpu")
-    assert loaded.config.encode_batch
+    assert loaded.config.encode_batch and not loaded.config.separate_library_encoder
     pd.testing.assert_frame_equal(
         loaded.predict(simulated, soft=True), old_style.predict(soft=True)
     )

@@ -81,6 +81,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
             "--class-prior",
             "frequencies",
             "--encode-batch",
+            "--no-separate-library-encoder",
             "--epochs",
             "3",
             "--batch-size",
@@ -134,6 +135,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     assert saved["model"] | {"n_latent": 8, "n_hidden": 32, "n_layers": 2} == saved["model"]
     assert saved["model"]["dropout"] == 0.2 and saved["model"]["alpha"] == 20.0
     assert saved["model"]["encode_batch"] is True  # the default is False
+    assert saved["model"]["separate_library_encoder"] is False  # the default is True
     assert saved["balance_classes"] == 0.5 and saved["class_prior"] == "frequencies"
     assert saved["training"]["kl_warmup"] == 0.25 and saved["training"]["epochs"] == 3
     assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40

@@ -22,7 +22,9 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def make_vae(n_batches: int, seed: int = 0, encode_batch: bool = False) -> HierarchicalVAE:
+def make_vae(
+    n_batches: int, seed: int = 0, encode_batch: bool = False, separate_library_encoder: bool = True
+) -> HierarchicalVAE:
     torch.manual_seed(seed)
     config = ModelConfig(
         N_GENES,
@@ -33,6 +35,7 @@ def make_vae(n_batches: int, seed: int = 0, encode_batch: bool = False) -> Hiera
         dropout=0.0,
         alpha=7.5,
         encode_batch=encode_batch,
+        separate_library_encoder=separate_library_encoder,
     )
     n_library = max(n_batches, 1)
     vae = HierarchicalVAE(
@@ -88,12 +91,12 @@ def pyro_and_hand(vae, x, y, batch):
 @pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
 @pytest.mark.parametrize("labelled", [False, True], ids=["unlabelled", "labelled"])
 @pytest.mark.parametrize(
-    "n_batches, encode_batch",
-    [(0, False), (3, False), (3, True)],
-    ids=["no-batch", "batch", "batch-in-encoder"],
+    "n_batches, encode_batch, separate",
+    [(0, False, True), (3, False, True), (3, True, True), (0, False, False), (3, True, False)],
+    ids=["no-batch", "batch", "batch-in-encoder", "shared-encoder", "batch-in-shared-encoder"],
 )
-def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches, encode_batch):
-    vae = make_vae(n_batches, encode_batch=encode_batch)
+def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches, encode_batch, separate):
+    vae = make_vae(n_batches, encode_batch=encode_batch, separate_library_encoder=separate)
     x, y, batch = make_batch(n_batches, labelled)
     loss, elbo, (z1, l, z2) = pyro_and_hand(vae, x, y, batch)
 
@@ -109,14 +112,8 @@ def test_loss_and_gradients_equal_hand_derivation(labelled, n_batches, encode_ba
         assert (p_grad - h_grad).abs().max() <= 1e-4 * scale
     # every network receives a gradient (nothing is silently disconnected)
     grads = dict(zip((n for n, _ in vae.named_parameters()), hand_grads))
-    for prefix in (
-        "x_encoder",
-        "classifier",
-        "z2_encoder",
-        "z1_decoder",
-        "x_decoder",
-        "log_theta",
-    ):
+    networks = ["x_encoder", "classifier", "z2_encoder", "z1_decoder", "x_decoder", "log_theta"]
+    for prefix in networks + (["library_encoder"] if separate else []):
         assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix)), prefix
 
 
@@ -151,6 +148,9 @@ def test_only_an_encoder_given_the_batch_depends_on_it():
         z1, _ = vae.encode(x, batch)
         z1_other, _ = vae.encode(x, other_batch)
         assert torch.equal(z1, z1_other) != encode_batch
+        l_loc = vae.encode_x(x, vae.batch_inputs(x, batch))[2]  # [cells], of q(l | x)
+        l_loc_other = vae.encode_x(x, vae.batch_inputs(x, other_batch))[2]
+        assert torch.equal(l_loc, l_loc_other) != encode_batch
         rho, _ = vae.x_decoder(z1, *vae.batch_inputs(x, batch))
         rho_other, _ = vae.x_decoder(z1, *vae.batch_inputs(x, other_batch))
         assert not torch.allclose(rho, rho_other)  # the decoder always sees the batch
