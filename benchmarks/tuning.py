@@ -94,6 +94,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         "init": {},
         "fit": {"epoch_scale": 0.5, "lr": 6e-3, "lr_schedule": "cosine"},
     },
+    "new_half_warmup0.25": {"init": {}, "fit": {"epoch_scale": 0.5, "kl_warmup": 0.25}},
+    "new_half_warmup0": {"init": {}, "fit": {"epoch_scale": 0.5, "kl_warmup": 0.0}},
+    "new_0.4_bs64": {"init": {}, "fit": {"epoch_scale": 0.4, "batch_size": 64}},
     "new_prior_frequencies_unbalanced": {
         "init": {"class_prior": "frequencies", "balance_classes": False},
         "fit": {},
