@@ -51,7 +51,7 @@ MODEL_OPTIONS = {
     "class_prior": (["uniform", "frequencies"], "p(y): uniform, or the label frequencies"),
     "encode_batch": (
         bool,
-        "give the --batch-key covariate to the encoder of z1 and l too, not only to the "
+        "give the --batch-key covariate to the encoders of z1 and l too, not only to the "
         "decoder (--no-encode-batch: q(z1 | x) as in MODEL.md)",
     ),
     "separate_library_encoder": (

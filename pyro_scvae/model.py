@@ -58,7 +58,7 @@ class ModelConfig:
     alpha
         Weight of the classification term α · log q(y | z₁) of labelled cells.
     encode_batch
-        Whether the encoder of q(z₁ | x) q(l | x) also sees the one-hot batch (the
+        Whether the encoders of q(z₁ | x) and q(l | x) also see the one-hot batch (the
         decoder always does where there are batches). False is MODEL.md's q(z₁ | x) and
         scvi-tools' default (``encode_covariates=False``).
     separate_library_encoder
