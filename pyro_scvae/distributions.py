@@ -12,6 +12,13 @@ the data are loaded, and it hands ``log_zinb_positive`` the per-gene θ as given
 (``[G]``) rather than broadcast to ``[cells, G]``, so that lgamma(θ), log θ and their
 gradients are computed once per gene instead of once per cell and gene (the values are
 the same, elementwise).
+
+It also hands ``log_zinb_positive`` its own lgamma (scvi's ``lgamma_fn`` argument):
+:class:`LogGamma` is ``torch.lgamma`` forward, and on the CPU its derivative, the digamma
+function ψ, is computed by :func:`digamma_positive` in a few vectorised operations instead
+of ``torch.digamma``, whose CPU kernel is not vectorised and took a sixth of a training
+step at batch size 1,024. Log-probabilities are unchanged; gradients agree with
+``torch.digamma``'s to float32 precision (``tests/test_distributions.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,49 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from scvi.distributions import ZeroInflatedNegativeBinomial
 from scvi.distributions._negative_binomial import log_zinb_positive
+
+
+def digamma_positive(z: torch.Tensor) -> torch.Tensor:
+    """The digamma function ψ(z) = d ln Γ(z) / dz, for z > 0.
+
+    ψ(z) = ψ(z + 6) − Σ_{k=0}^{5} 1/(z + k) (the recurrence ψ(z + 1) = ψ(z) + 1/z), and
+    ψ(w), w ≥ 6, by its asymptotic series
+    ln w − 1/(2w) − 1/(12w²) + 1/(120w⁴) − 1/(252w⁶) + 1/(240w⁸) − 1/(132w¹⁰),
+    whose next term is below 10⁻¹⁰ there. Works in place on two buffers, because on the
+    CPU allocating a fresh large tensor per operation costs more than the arithmetic.
+    """
+    w = z + 6.0
+    out = torch.log(w)  # [...], ln w
+    inv = w.reciprocal_()  # [...], 1/w (w's buffer)
+    inv2 = inv * inv  # [...], 1/w²
+    series = inv2 * (-1.0 / 132.0)
+    for coefficient in (1.0 / 240.0, -1.0 / 252.0, 1.0 / 120.0, -1.0 / 12.0):
+        series.add_(coefficient).mul_(inv2)  # Horner's rule in 1/w²
+    out.add_(series).sub_(inv, alpha=0.5)  # ψ(w)
+    term = inv  # 1/w is no longer needed: reuse its buffer
+    for k in range(6):
+        torch.add(z, k, out=term)
+        out.sub_(term.reciprocal_())  # − 1/(z + k)
+    return out
+
+
+class LogGamma(torch.autograd.Function):
+    """``torch.lgamma`` whose backward uses :func:`digamma_positive` on the CPU.
+
+    Only for positive arguments, which are all that ``log_zinb_positive`` passes:
+    x + θ, θ and x + 1 with x ≥ 0 and θ > 0.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(z)
+        return torch.lgamma(z)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (z,) = ctx.saved_tensors
+        psi = digamma_positive(z) if z.device.type == "cpu" else torch.digamma(z)
+        return grad * psi
 
 
 class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
@@ -51,7 +101,9 @@ class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """scvi's log-probability, elementwise: shape ``broadcast(value, batch_shape)``."""
-        return log_zinb_positive(value, self.mu, self.theta_given, self.zi_logits, eps=1e-08)
+        return log_zinb_positive(
+            value, self.mu, self.theta_given, self.zi_logits, eps=1e-08, lgamma_fn=LogGamma.apply
+        )
 
     def expand(self, batch_shape: torch.Size, _instance: ZINB | None = None) -> ZINB:
         """Broadcast the parameters to ``batch_shape`` (as Pyro's plates and enumeration need)."""
