@@ -20,7 +20,8 @@ share the hidden layers of ``x_encoder`` (as in Pyro's scANVI example), whose la
 then gives d + 1 locations and scales, d for z₁ and one for log l.
 Hidden layers are Linear → LayerNorm → ReLU → Dropout. LayerNorm acts on each cell
 alone, so the networks behave identically whether or not Pyro has added a leading
-enumeration dimension, and no flattening around batch statistics is needed.
+enumeration dimension, and no flattening around batch statistics is needed. Dropout
+(:class:`CellDropout`) likewise draws one mask per cell, shared by its K enumerated copies.
 
 A network with several inputs (z₁ and one-hot y, say) is a network on their
 concatenation, but the concatenation is never built: its first layer multiplies each
