@@ -35,7 +35,7 @@ def digamma_positive(z: torch.Tensor) -> torch.Tensor:
     ψ(z) = ψ(z + 6) − Σ_{k=0}^{5} 1/(z + k) (the recurrence ψ(z + 1) = ψ(z) + 1/z), and
     ψ(w), w ≥ 6, by its asymptotic series
     ln w − 1/(2w) − 1/(12w²) + 1/(120w⁴) − 1/(252w⁶) + 1/(240w⁸) − 1/(132w¹⁰),
-    whose next term is below 10⁻¹⁰ there. Works in place on two buffers, because on the
+    whose next term is below 10⁻¹⁰ there. Works in place on four buffers, because on the
     CPU allocating a fresh large tensor per operation costs more than the arithmetic.
     """
     w = z + 6.0
