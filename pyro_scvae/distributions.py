@@ -19,11 +19,18 @@ function ψ, is computed by :func:`digamma_positive` in a few vectorised operati
 of ``torch.digamma``, whose CPU kernel is not vectorised and took a sixth of a training
 step at batch size 1,024. Log-probabilities are unchanged; gradients agree with
 ``torch.digamma``'s to float32 precision (``tests/test_distributions.py``).
+
+Single-cell counts are mostly zeros (a tenth of the entries are non-zero in T1 of the
+benchmarks), and scvi's function evaluates the non-zero case of the ZINB at every entry
+before discarding it at the zeros. On the CPU, where the counts are sparse enough, ``log_prob``
+uses :func:`log_zinb_sparse` instead: the same expressions, with the non-zero case
+evaluated at the non-zero counts only (1.5 times faster with its gradient on T1).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from scvi.distributions import ZeroInflatedNegativeBinomial
 from scvi.distributions._negative_binomial import log_zinb_positive
@@ -72,6 +79,54 @@ class LogGamma(torch.autograd.Function):
         return grad * psi
 
 
+#: Below this fraction of non-zero counts, :func:`log_zinb_sparse` replaces scvi's function.
+SPARSE_DENSITY = 0.2
+
+
+def log_zinb_sparse(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """scvi's ``log_zinb_positive``, with the terms of non-zero counts computed on them alone.
+
+    scvi evaluates both cases of the ZINB at every count and keeps one::
+
+        x = 0:  softplus(π_θ) − softplus(−π)
+        x > 0:  −softplus(−π) + π_θ + x (log μ − log(θ + μ)) + lnΓ(x + θ) − lnΓ(θ) − lnΓ(x + 1)
+
+    with π_θ = −π + θ (log θ − log(θ + μ)). Here the first case is computed everywhere and
+    the second only at the non-zero counts, then written over the first. Single-cell count
+    matrices are mostly zeros, so three of the five transcendental functions (and their
+    derivatives) run on a tenth of the entries. Same expressions, same values.
+
+    Parameters
+    ----------
+    x, mu, pi
+        Counts, means and gate logits, ``[cells, G]`` each.
+    theta
+        Inverse dispersion, ``[G]``.
+    """
+    genes = x.shape[-1]
+    nonzero = torch.nonzero(x.reshape(-1) > eps).squeeze(-1)  # [nnz], flat positions
+    softplus_pi = F.softplus(-pi)  # [cells, G]
+    log_theta_mu_eps = torch.log(theta + mu + eps)  # [cells, G]
+    pi_theta_log = -pi + theta * (torch.log(theta + eps) - log_theta_mu_eps)  # [cells, G]
+    case_zero = F.softplus(pi_theta_log) - softplus_pi  # [cells, G]
+
+    def at_nonzero(values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(-1)[nonzero]  # [nnz]
+
+    x_nz, theta_nz = at_nonzero(x), theta[nonzero % genes]  # [nnz] each
+    case_non_zero = (
+        -at_nonzero(softplus_pi)
+        + at_nonzero(pi_theta_log)
+        + x_nz * (torch.log(at_nonzero(mu) + eps) - at_nonzero(log_theta_mu_eps))
+        + LogGamma.apply(x_nz + theta_nz)
+        - LogGamma.apply(theta_nz)
+        - torch.lgamma(x_nz + 1)  # no gradient: x is data
+    )  # [nnz]
+    return case_zero.reshape(-1).index_put((nonzero,), case_non_zero).reshape(x.shape)
+
+
 class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
     """Zero-inflated negative binomial with scvi's (mean, inverse dispersion) parameters.
 
@@ -100,7 +155,19 @@ class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
         )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """scvi's log-probability, elementwise: shape ``broadcast(value, batch_shape)``."""
+        """scvi's log-probability, elementwise: shape ``broadcast(value, batch_shape)``.
+
+        Sparse counts on the CPU (``[cells, G]``, under :data:`SPARSE_DENSITY` non-zero)
+        go through :func:`log_zinb_sparse`, the same function computed at fewer entries.
+        """
+        if (
+            value.device.type == "cpu"
+            and value.shape == self.mu.shape == self.zi_logits.shape
+            and value.dim() == 2
+            and self.theta_given.shape == value.shape[-1:]
+            and torch.count_nonzero(value) < SPARSE_DENSITY * value.numel()
+        ):
+            return log_zinb_sparse(value, self.mu, self.theta_given, self.zi_logits)
         return log_zinb_positive(
             value, self.mu, self.theta_given, self.zi_logits, eps=1e-08, lgamma_fn=LogGamma.apply
         )

@@ -10,7 +10,8 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 
-from pyro_scvae.distributions import ZINB, LogGamma, digamma_positive
+from pyro_scvae import distributions
+from pyro_scvae.distributions import ZINB, LogGamma, digamma_positive, log_zinb_sparse
 
 
 def random_parameters(shape, seed=0):
@@ -57,6 +58,43 @@ def test_log_prob_gradients_equal_scvi_s():
     theirs = torch.autograd.grad(reference.log_prob(x).sum(), params)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def sparse_counts(shape, density, seed=5):
+    """Parameters as above, with counts zeroed outside a random ``density`` of entries."""
+    mu, theta, zi_logits, x = random_parameters(shape, seed=seed)
+    keep = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1)) < density
+    return mu, theta, zi_logits, x * keep
+
+
+def test_sparse_log_prob_and_gradients_equal_scvi_s():
+    mu, theta, zi_logits, x = sparse_counts((60, 40), density=0.1)
+    assert 0 < torch.count_nonzero(x) < 0.1 * x.numel()
+    params = [p.clone().requires_grad_() for p in (mu, theta, zi_logits)]
+    ours = log_zinb_sparse(x, *params)
+    reference = ZeroInflatedNegativeBinomial(mu=params[0], theta=params[1], zi_logits=params[2])
+    theirs = reference.log_prob(x)
+    assert ours.shape == (60, 40)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    our_grads = torch.autograd.grad(ours.sum(), params)
+    for a, b in zip(our_grads, torch.autograd.grad(theirs.sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("density", "sparse_path"), [(0.1, True), (0.5, False)])
+def test_log_prob_takes_the_sparse_path_only_for_sparse_counts(monkeypatch, density, sparse_path):
+    calls = []
+
+    def recording(*args):
+        calls.append(args[0].shape)
+        return log_zinb_sparse(*args)
+
+    monkeypatch.setattr(distributions, "log_zinb_sparse", recording)
+    mu, theta, zi_logits, x = sparse_counts((60, 40), density=density)
+    ours = ZINB(mu, theta, zi_logits).log_prob(x)
+    scvi = ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi_logits).log_prob(x)
+    torch.testing.assert_close(ours, scvi, rtol=1e-12, atol=1e-12)
+    assert calls == ([(60, 40)] if sparse_path else [])
 
 
 def test_gate_to_zero_is_negative_binomial():
