@@ -97,6 +97,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "new_half_warmup0.25": {"init": {}, "fit": {"epoch_scale": 0.5, "kl_warmup": 0.25}},
     "new_half_warmup0": {"init": {}, "fit": {"epoch_scale": 0.5, "kl_warmup": 0.0}},
     "new_0.4_bs64": {"init": {}, "fit": {"epoch_scale": 0.4, "batch_size": 64}},
+    "new_bs256": {"init": {}, "fit": {"batch_size": 256}},
+    "new_bs256_lr6e-3": {"init": {}, "fit": {"batch_size": 256, "lr": 6e-3}},
+    "new_bs512": {"init": {}, "fit": {"batch_size": 512}},
     "new_prior_frequencies_unbalanced": {
         "init": {"class_prior": "frequencies", "balance_classes": False},
         "fit": {},

@@ -84,7 +84,12 @@ SPARSE_DENSITY = 0.2
 
 
 def log_zinb_sparse(
-    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi: torch.Tensor, eps: float = 1e-8
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    theta: torch.Tensor,
+    pi: torch.Tensor,
+    eps: float = 1e-8,
+    is_nonzero: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """scvi's ``log_zinb_positive``, with the terms of non-zero counts computed on them alone.
 
@@ -104,9 +109,15 @@ def log_zinb_sparse(
         Counts, means and gate logits, ``[cells, G]`` each.
     theta
         Inverse dispersion, ``[G]``.
+    eps
+        scvi's constant inside the logarithms; counts above it are non-zero.
+    is_nonzero
+        ``x > eps``, where the caller has it already.
     """
     genes = x.shape[-1]
-    nonzero = torch.nonzero(x.reshape(-1) > eps).squeeze(-1)  # [nnz], flat positions
+    if is_nonzero is None:
+        is_nonzero = x > eps  # [cells, G]
+    nonzero = torch.nonzero(is_nonzero.reshape(-1)).squeeze(-1)  # [nnz], flat positions
     softplus_pi = F.softplus(-pi)  # [cells, G]
     log_theta_mu_eps = torch.log(theta + mu + eps)  # [cells, G]
     pi_theta_log = -pi + theta * (torch.log(theta + eps) - log_theta_mu_eps)  # [cells, G]
@@ -165,9 +176,12 @@ class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
             and value.shape == self.mu.shape == self.zi_logits.shape
             and value.dim() == 2
             and self.theta_given.shape == value.shape[-1:]
-            and torch.count_nonzero(value) < SPARSE_DENSITY * value.numel()
         ):
-            return log_zinb_sparse(value, self.mu, self.theta_given, self.zi_logits)
+            is_nonzero = value > 1e-8  # [cells, G]
+            if is_nonzero.sum() < SPARSE_DENSITY * value.numel():
+                return log_zinb_sparse(
+                    value, self.mu, self.theta_given, self.zi_logits, is_nonzero=is_nonzero
+                )
         return log_zinb_positive(
             value, self.mu, self.theta_given, self.zi_logits, eps=1e-08, lgamma_fn=LogGamma.apply
         )

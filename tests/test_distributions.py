@@ -85,9 +85,9 @@ def test_sparse_log_prob_and_gradients_equal_scvi_s():
 def test_log_prob_takes_the_sparse_path_only_for_sparse_counts(monkeypatch, density, sparse_path):
     calls = []
 
-    def recording(*args):
+    def recording(*args, **kwargs):
         calls.append(args[0].shape)
-        return log_zinb_sparse(*args)
+        return log_zinb_sparse(*args, **kwargs)
 
     monkeypatch.setattr(distributions, "log_zinb_sparse", recording)
     mu, theta, zi_logits, x = sparse_counts((60, 40), density=density)
