@@ -479,37 +479,22 @@ def library_prior(
     return torch.tensor(loc, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
 
 
-def minibatch_count(n_cells: int, batch_size: int) -> int:
-    """How many minibatches :func:`minibatches` cuts ``n_cells`` cells of one kind into:
-    the nearest whole number to ``n_cells / batch_size``, at least one (none for no cells).
-    """
-    return 0 if n_cells == 0 else max(1, int(n_cells / batch_size + 0.5))
-
-
 def minibatches(
     labels: np.ndarray,
     batch_size: int,
     rng: np.random.Generator,
-    exact_size: bool = False,
+    drop_last: bool = False,
 ) -> Iterator[tuple[np.ndarray, bool]]:
     """One epoch of shuffled minibatches, each either all labelled or all unlabelled.
 
     Labelled and unlabelled cells never share a minibatch (labelled minibatches call
     the model with y, unlabelled ones without), and the two kinds are interleaved at
-    random. Each kind's cells are split into minibatches of near-equal size, as close
-    to ``batch_size`` as divides them (770 cells at 256 give three of 256 or 257, not a
-    fourth of 2 cells that would cost a whole step). With ``exact_size``, every minibatch
-    has ``batch_size`` cells but the last of each kind, as the compiled ELBO needs.
-    Yields ``(cell indices, is_labelled)``.
+    random. Yields ``(cell indices, is_labelled)``.
     """
     chunks: list[tuple[np.ndarray, bool]] = []
     for is_labelled in (True, False):
         cells = rng.permutation(np.flatnonzero((labels >= 0) == is_labelled))
-        if exact_size:
-            starts = range(0, len(cells), batch_size)
-            chunks += [(cells[i : i + batch_size], is_labelled) for i in starts]
-        elif len(cells):
-            parts = np.array_split(cells, minibatch_count(len(cells), batch_size))
-            chunks += [(part, is_labelled) for part in parts]
+        stop = len(cells) - len(cells) % batch_size if drop_last else len(cells)
+        chunks += [(cells[i : i + batch_size], is_labelled) for i in range(0, stop, batch_size)]
     for i in rng.permutation(len(chunks)):
         yield chunks[i]

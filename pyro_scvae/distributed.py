@@ -46,7 +46,7 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pyro_scvae.data import CellData, InputError, minibatch_count, minibatches
+from pyro_scvae.data import CellData, InputError, minibatches
 from pyro_scvae.model import HierarchicalVAE
 from pyro_scvae.training import History, ScaleKL, TrainingConfig, kl_weight, lr_factor
 
@@ -87,7 +87,7 @@ def n_minibatches(labels: np.ndarray, batch_size: int) -> int:
     """Number of minibatches :func:`~pyro_scvae.data.minibatches` makes in one epoch."""
     n_labelled = int((labels >= 0).sum())
     n_unlabelled = len(labels) - n_labelled
-    return minibatch_count(n_labelled, batch_size) + minibatch_count(n_unlabelled, batch_size)
+    return -(-n_labelled // batch_size) + -(-n_unlabelled // batch_size)
 
 
 class ShardedMinibatches(Sampler):

@@ -10,9 +10,7 @@ compiles the loss once per call signature. Its cache is keyed on the number of
 arguments and freezes the minibatch size into the trace, so labelled minibatches are
 called as ``(x, batch, y)`` and unlabelled ones as ``(x, batch)``, and the ragged last
 minibatch of an epoch goes through the uncompiled ``TraceEnum_ELBO`` (same objective,
-same optimiser state) instead of being dropped. Without the JIT, minibatches are of
-near-equal size instead (:func:`~pyro_scvae.data.minibatches`), so that no step is
-spent on a ragged few cells.
+same optimiser state) instead of being dropped.
 
 KL warm-up (``kl_warmup``, as scvi-tools' ``n_epochs_kl_warmup``) multiplies the
 terms of y, z₂ and l (terms 3, 5 and 4 of MODEL.md's ELBO) by a weight β that rises
@@ -50,8 +48,7 @@ class TrainingConfig:
     epochs
         Passes over the training cells.
     batch_size
-        Cells per minibatch (each kind of cell is split into minibatches of near-equal
-        size, the nearest to this; exactly this, but the last, with ``jit``).
+        Cells per minibatch.
     lr
         Learning rate of Adam.
     seed
@@ -272,8 +269,7 @@ def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> Histo
             stepper.set_kl_weight(kl_weight(config.kl_warmup, epoch, config.epochs))
             start = time.perf_counter()
             total_loss = 0.0
-            cells = minibatches(data.labels, config.batch_size, rng, exact_size=config.jit)
-            for index, labelled in cells:
+            for index, labelled in minibatches(data.labels, config.batch_size, rng):
                 total_loss += stepper.step(*data.tensors(index, device, labelled))
             history.epoch_seconds.append(time.perf_counter() - start)
             history.elbo.append(-total_loss / data.n_cells)

@@ -28,12 +28,12 @@ GPU_NOT_USED = "ignore:GPU available but not used"
 
 
 def test_shards_are_disjoint_equal_and_follow_the_single_process_order():
-    labels = np.array([-1] * 61 + [0, 1, 2] * 9)  # 88 cells, 27 labelled
+    labels = np.array([-1] * 55 + [0, 1, 2] * 9)  # 82 cells, 27 labelled
     batch_size = 6
     shards = [ShardedMinibatches(labels, batch_size, seed=4, rank=r, world_size=2) for r in (0, 1)]
     reference = np.random.default_rng(4)
     total = n_minibatches(labels, batch_size)
-    assert total == 10 + 5  # round(61 / 6) unlabelled + round(27 / 6) labelled
+    assert total == 10 + 5  # ceil(55 / 6) unlabelled + ceil(27 / 6) labelled
     epochs = []
     for _ in range(3):
         expected = list(minibatches(labels, batch_size, reference))
