@@ -236,7 +236,7 @@ class PyroSCVAE:
     def fit(
         self,
         epochs: int | None = None,
-        batch_size: int = 128,
+        batch_size: int = 512,
         lr: float = 3e-3,
         lr_schedule: str = "constant",
         kl_warmup: float = 0.5,

@@ -70,7 +70,7 @@ class TrainingConfig:
     """
 
     epochs: int = 100
-    batch_size: int = 128
+    batch_size: int = 512
     lr: float = 3e-3
     seed: int = 0
     device: str = "auto"
