@@ -100,6 +100,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "new_bs256": {"init": {}, "fit": {"batch_size": 256}},
     "new_bs256_lr6e-3": {"init": {}, "fit": {"batch_size": 256, "lr": 6e-3}},
     "new_bs512": {"init": {}, "fit": {"batch_size": 512}},
+    # even_*: run on commit a014f5a (minibatches of near-equal size, since reverted)
+    "even_bs512": {"init": {}, "fit": {"batch_size": 512}},
+    "even_bs512_e0.8": {"init": {}, "fit": {"batch_size": 512, "epoch_scale": 0.8}},
     "new_prior_frequencies_unbalanced": {
         "init": {"class_prior": "frequencies", "balance_classes": False},
         "fit": {},
