@@ -24,7 +24,8 @@ Single-cell counts are mostly zeros (a tenth of the entries are non-zero in T1 o
 benchmarks), and scvi's function evaluates the non-zero case of the ZINB at every entry
 before discarding it at the zeros. On the CPU, where the counts are sparse enough, ``log_prob``
 uses :func:`log_zinb_sparse` instead: the same expressions, with the non-zero case
-evaluated at the non-zero counts only (1.5 times faster with its gradient on T1).
+evaluated at the non-zero counts only (with its gradient, 1.5 times faster on T1 at batch
+size 128 and 1.8 times at 512).
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class LogGamma(torch.autograd.Function):
         return grad * psi
 
 
+#: scvi's constant inside the ZINB's logarithms; counts above it are non-zero.
+EPS = 1e-8
+
 #: Below this fraction of non-zero counts, :func:`log_zinb_sparse` replaces scvi's function.
 SPARSE_DENSITY = 0.2
 
@@ -88,7 +92,7 @@ def log_zinb_sparse(
     mu: torch.Tensor,
     theta: torch.Tensor,
     pi: torch.Tensor,
-    eps: float = 1e-8,
+    eps: float = EPS,
     is_nonzero: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """scvi's ``log_zinb_positive``, with the terms of non-zero counts computed on them alone.
@@ -177,13 +181,13 @@ class ZINB(ZeroInflatedNegativeBinomial, TorchDistributionMixin):
             and value.dim() == 2
             and self.theta_given.shape == value.shape[-1:]
         ):
-            is_nonzero = value > 1e-8  # [cells, G]
+            is_nonzero = value > EPS  # [cells, G]
             if is_nonzero.sum() < SPARSE_DENSITY * value.numel():
                 return log_zinb_sparse(
                     value, self.mu, self.theta_given, self.zi_logits, is_nonzero=is_nonzero
                 )
         return log_zinb_positive(
-            value, self.mu, self.theta_given, self.zi_logits, eps=1e-08, lgamma_fn=LogGamma.apply
+            value, self.mu, self.theta_given, self.zi_logits, eps=EPS, lgamma_fn=LogGamma.apply
         )
 
     def expand(self, batch_shape: torch.Size, _instance: ZINB | None = None) -> ZINB:
