@@ -76,9 +76,21 @@ def test_sparse_log_prob_and_gradients_equal_scvi_s():
     theirs = reference.log_prob(x)
     assert ours.shape == (60, 40)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-    our_grads = torch.autograd.grad(ours.sum(), params)
-    for a, b in zip(our_grads, torch.autograd.grad(theirs.sum(), params)):
+    # An upstream gradient that differs by entry, so each derivative is checked entrywise.
+    weights = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(9))
+    our_grads = torch.autograd.grad((weights * ours).sum(), params)
+    for a, b in zip(our_grads, torch.autograd.grad((weights * theirs).sum(), params)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():  # no derivatives computed, same values
+        torch.testing.assert_close(log_zinb_sparse(x, *params), theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_log_prob_passes_gradcheck():
+    """The written-out derivatives against finite differences, in float64."""
+    mu, theta, zi_logits, x = sparse_counts((6, 5), density=0.4, seed=11)
+    assert 0 < torch.count_nonzero(x) < x.numel()
+    params = tuple(p.clone().requires_grad_() for p in (mu, theta, zi_logits))
+    assert torch.autograd.gradcheck(lambda *p: log_zinb_sparse(x, *p), params)
 
 
 @pytest.mark.parametrize(("density", "sparse_path"), [(0.1, True), (0.5, False)])
