@@ -24,8 +24,9 @@ Single-cell counts are mostly zeros (a tenth of the entries are non-zero in T1 o
 benchmarks), and scvi's function evaluates the non-zero case of the ZINB at every entry
 before discarding it at the zeros. On the CPU, where the counts are sparse enough, ``log_prob``
 uses :func:`log_zinb_sparse` instead: the same expressions, with the non-zero case
-evaluated at the non-zero counts only (with its gradient, 1.5 times faster on T1 at batch
-size 128 and 1.8 times at 512).
+evaluated at the non-zero counts only and its derivatives written out
+(:class:`SparseZINBLogProb`); values and gradients equal scvi's up to floating-point
+rounding.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ class SparseZINBLogProb(torch.autograd.Function):
     The forward pass computes them beside f (they share its intermediate terms) and the
     backward pass multiplies them by the incoming gradient. Autograd would instead keep a
     dozen intermediate tensors of ``[cells, G]``, differentiate through each, and scatter
-    the gradients of the gathered entries back into zero-filled tensors: on the CPU, where
-    this work is bound by memory traffic, a training step on T1 of the benchmarks is about
-    7 % faster this way (``benchmarks/tuning.md``, eighth round). Values and gradients equal
-    scvi's (``tests/test_distributions.py``). Not twice differentiable, as SVI never needs.
+    the gradients of the gathered entries back into zero-filled tensors. On the CPU, where
+    this work is bound by memory traffic, a training epoch on T1 of the benchmarks is 1.09–1.15
+    times faster this way (``benchmarks/tuning.md``, eighth round). Values and gradients equal
+    scvi's up to rounding (``tests/test_distributions.py``). Not twice differentiable, which
+    SVI never needs.
     """
 
     @staticmethod
@@ -182,7 +184,7 @@ def log_zinb_sparse(
 ) -> torch.Tensor:
     """scvi's ``log_zinb_positive``, with the terms of non-zero counts computed on them alone.
 
-    See :class:`SparseZINBLogProb`. Same expressions, same values.
+    See :class:`SparseZINBLogProb`: the same expressions, and scvi's values up to rounding.
 
     Parameters
     ----------
