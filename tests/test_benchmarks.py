@@ -127,3 +127,25 @@ def test_task_structure(name):
         assert set(adata.obs["batch"]) == {"scMINER", "symphony"}
     if name == "T3":
         assert "Unknown" in query_labels
+
+
+def test_zinb_ab_times_both_variants_and_restores_the_working_tree_s(capsys):
+    """benchmarks/zinb_ab.py on T4 (embedded data): a table row with two positive timings."""
+    from benchmarks import zinb_ab
+    from pyro_scvae import distributions
+
+    # An earlier commit's module is loaded from git: the one that introduced the sparse path.
+    function, density = zinb_ab.reference_zinb("4ee5ea1")
+    assert callable(function) and function is not distributions.log_zinb_sparse
+    assert density == 0.2
+    assert zinb_ab.reference_zinb("scvi") == (distributions.log_zinb_sparse, 0.0)
+
+    before = distributions.log_zinb_sparse, distributions.SPARSE_DENSITY
+    zinb_ab.main(["--tasks", "T4", "--reps", "1", "--steps", "2", "--reference", "scvi"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    _, task, reference_ms, new_ms, speed_up, _ = row.split("|")
+    assert task.strip() == "T4"
+    assert float(reference_ms) > 0 and float(new_ms) > 0
+    assert float(speed_up.strip(" ×")) == pytest.approx(float(reference_ms) / float(new_ms), 0.01)
+    # The module's own ZINB is back in place afterwards.
+    assert (distributions.log_zinb_sparse, distributions.SPARSE_DENSITY) == before
