@@ -124,7 +124,16 @@ class SparseZINBLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, mu, theta, pi, nonzero, eps, with_grad):  # noqa: D102
+    def forward(  # noqa: D102
+        ctx,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        theta: torch.Tensor,
+        pi: torch.Tensor,
+        nonzero: torch.Tensor,
+        eps: float,
+        with_grad: bool,
+    ) -> torch.Tensor:
         genes = x.shape[-1]
 
         def at_nonzero(values: torch.Tensor) -> torch.Tensor:
@@ -168,7 +177,7 @@ class SparseZINBLogProb(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: D102
         d_mu, d_theta, d_pi = ctx.saved_tensors
         d_theta = (grad * d_theta).sum_to_size(ctx.theta_shape)  # [G]
         return None, grad * d_mu, d_theta, grad * d_pi, None, None, None
