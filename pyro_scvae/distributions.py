@@ -134,7 +134,7 @@ class SparseZINBLogProb(torch.autograd.Function):
         eps: float,
         with_grad: bool,
     ) -> torch.Tensor:
-        genes = x.shape[-1]
+        gene_nz = nonzero % x.shape[-1]  # [nnz], the gene of each non-zero count
 
         def at_nonzero(values: torch.Tensor) -> torch.Tensor:
             return values.reshape(-1)[nonzero]  # [nnz]
@@ -145,14 +145,14 @@ class SparseZINBLogProb(torch.autograd.Function):
         s = torch.addcmul(minus_pi, theta, log_ratio)  # [cells, G]
         softplus_minus_pi = F.softplus(minus_pi)  # [cells, G]
         log_prob = F.softplus(s).sub_(softplus_minus_pi)  # [cells, G], the case x = 0
-        x_nz, theta_nz = at_nonzero(x), theta[nonzero % genes]  # [nnz] each
+        x_nz, theta_nz = at_nonzero(x), theta[gene_nz]  # [nnz] each
         mu_nz, theta_mu_nz = at_nonzero(mu), at_nonzero(theta_mu)  # [nnz] each
         log_prob.reshape(-1)[nonzero] = (
             at_nonzero(s)
             - at_nonzero(softplus_minus_pi)
             + x_nz * (torch.log(mu_nz + eps) - torch.log(theta_mu_nz))
             + torch.lgamma(x_nz + theta_nz)
-            - torch.lgamma(theta_nz)
+            - torch.lgamma(theta)[gene_nz]  # once per gene, then gathered
             - torch.lgamma(x_nz + 1)
         )  # the case x > 0
         if with_grad:
@@ -169,7 +169,7 @@ class SparseZINBLogProb(torch.autograd.Function):
                 at_nonzero(ds_dtheta)
                 - x_over_theta_mu
                 + digamma(x_nz + theta_nz)
-                - digamma(theta_nz)
+                - digamma(theta)[gene_nz]
             )
             ctx.save_for_backward(d_mu, d_theta, d_pi)
             ctx.theta_shape = theta.shape
