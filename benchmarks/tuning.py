@@ -117,6 +117,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         "init": {"balance_classes": True},
         "fit": {"lr_schedule": "cosine", "epoch_scale": 2.0},
     },
+    # ninth round: fixed epoch counts, for T4 (700 cells; the default gives it 227)
+    "epochs132": {"init": {}, "fit": {"epochs": 132}},
+    "epochs115": {"init": {}, "fit": {"epochs": 115}},
 }
 
 
