@@ -141,7 +141,8 @@ class SparseZINBLogProb(torch.autograd.Function):
 
         minus_pi = -pi  # [cells, G]
         theta_mu = mu + (theta + eps)  # [cells, G], θ + μ + ε
-        log_ratio = torch.log(theta + eps) - torch.log(theta_mu)  # [cells, G]
+        log_theta_mu = torch.log(theta_mu)  # [cells, G]
+        log_ratio = torch.log(theta + eps) - log_theta_mu  # [cells, G]
         s = torch.addcmul(minus_pi, theta, log_ratio)  # [cells, G]
         softplus_minus_pi = F.softplus(minus_pi)  # [cells, G]
         log_prob = F.softplus(s).sub_(softplus_minus_pi)  # [cells, G], the case x = 0
@@ -150,7 +151,7 @@ class SparseZINBLogProb(torch.autograd.Function):
         log_prob.reshape(-1)[nonzero] = (
             at_nonzero(s)
             - at_nonzero(softplus_minus_pi)
-            + x_nz * (torch.log(mu_nz + eps) - torch.log(theta_mu_nz))
+            + x_nz * (torch.log(mu_nz + eps) - at_nonzero(log_theta_mu))
             + torch.lgamma(x_nz + theta_nz)
             - torch.lgamma(theta)[gene_nz]  # once per gene, then gathered
             - torch.lgamma(x_nz + 1)
