@@ -32,7 +32,7 @@ from pyro.infer import TraceEnum_ELBO
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.methods import TRAIN_LABEL_KEY, _batch_key, with_training_labels
+from benchmarks.methods import setup_pyro_scvae, with_training_labels
 from benchmarks.metrics import score
 from benchmarks.tasks import build_task
 from pyro_scvae import PyroSCVAE
@@ -54,9 +54,7 @@ def curve(
     adata = with_training_labels(built.adata, np.nan)
     query = adata.obs["is_query"].to_numpy(dtype=bool)
     truth = built.adata.obs["label"].to_numpy()[query]
-    PyroSCVAE.setup_anndata(
-        adata, labels_key=TRAIN_LABEL_KEY, unlabeled_category=None, batch_key=_batch_key(adata)
-    )
+    setup_pyro_scvae(adata)
     model = PyroSCVAE(adata, seed=seed)
     vae, data = model.module, model.data
     rng = np.random.default_rng(seed)

@@ -455,6 +455,19 @@ def fit_predict_scanvi_direct(
     return proba, info
 
 
+def setup_pyro_scvae(data: ad.AnnData) -> None:
+    """``PyroSCVAE.setup_anndata`` for a task's cells, as every pyro_scvae run here does it.
+
+    Labels from :data:`TRAIN_LABEL_KEY` (NaN, as :func:`with_training_labels` sets it with
+    ``np.nan``, for the cells to annotate); ``batch`` as batch key where the task has one.
+    """
+    from pyro_scvae import PyroSCVAE
+
+    PyroSCVAE.setup_anndata(
+        data, labels_key=TRAIN_LABEL_KEY, unlabeled_category=None, batch_key=_batch_key(data)
+    )
+
+
 def fit_predict_pyro_scvae(
     adata: ad.AnnData, seed: int, *, epochs: int | None = None
 ) -> MethodResult:
@@ -484,9 +497,7 @@ def fit_predict_pyro_scvae(
         fit_kwargs["epochs"] = epochs
     info: Info = {"epochs": epochs}
     with _timer(info, "train_s"):
-        PyroSCVAE.setup_anndata(
-            data, labels_key=TRAIN_LABEL_KEY, unlabeled_category=None, batch_key=_batch_key(data)
-        )
+        setup_pyro_scvae(data)
         model = PyroSCVAE(data)
         model.fit(**fit_kwargs)
     seconds = epoch_seconds(model)

@@ -28,7 +28,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.methods import TRAIN_LABEL_KEY, _batch_key, _split, with_training_labels
+from benchmarks.methods import _split, setup_pyro_scvae, with_training_labels
 from benchmarks.metrics import score
 from benchmarks.tasks import TASKS, build_task
 
@@ -145,9 +145,7 @@ def run_one(config: dict[str, dict[str, Any]], task: str, seed: int, data_dir: s
     built = build_task(task, seed, data_dir=data_dir)
     data = with_training_labels(built.adata, np.nan)
     _, query = _split(data)
-    PyroSCVAE.setup_anndata(
-        data, labels_key=TRAIN_LABEL_KEY, unlabeled_category=None, batch_key=_batch_key(data)
-    )
+    setup_pyro_scvae(data)
     fit_kwargs = dict(config["fit"])
     scale = fit_kwargs.pop("epoch_scale", None)
     if scale is not None:

@@ -30,8 +30,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyro_scvae.distributions as distributions
+from benchmarks.methods import setup_pyro_scvae, with_training_labels
 from benchmarks.tasks import build_task
-from benchmarks.tuning import TRAIN_LABEL_KEY, _batch_key, with_training_labels
 from pyro_scvae import PyroSCVAE
 from pyro_scvae.data import minibatches
 from pyro_scvae.training import Stepper
@@ -59,9 +59,7 @@ def epoch_times(task: str, args: argparse.Namespace) -> dict[str, float]:
     """Median milliseconds per epoch of the reference and of the working tree on ``task``."""
     built = build_task(task, 0, data_dir=args.data_dir)
     data = with_training_labels(built.adata, np.nan)
-    PyroSCVAE.setup_anndata(
-        data, labels_key=TRAIN_LABEL_KEY, unlabeled_category=None, batch_key=_batch_key(data)
-    )
+    setup_pyro_scvae(data)
     model = PyroSCVAE(data, seed=0)
     vae, cells = model.module.train(), model.data
     variants = {
