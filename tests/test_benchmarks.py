@@ -166,3 +166,46 @@ def test_zinb_ab_loads_an_earlier_commit_s_zinb():
     torch.testing.assert_close(
         function(x, mu, theta, logits), log_zinb_sparse(x, mu, theta, logits)
     )
+
+
+def test_step_times_variants_make_the_same_step_and_all_get_timed():
+    """The three steps of benchmarks/step_times.py are one update; the script times each."""
+    import copy
+
+    import pyro
+
+    from benchmarks import step_times
+    from pyro_scvae import PyroSCVAE
+    from pyro_scvae.simulate import simulate_counts
+
+    adata = simulate_counts(n_cells=80, n_genes=20, n_classes=3, labelled_fraction=0.5, seed=2)
+    PyroSCVAE.setup_anndata(adata, labels_key="label")
+    model = PyroSCVAE(adata, seed=0, n_latent=4, n_hidden=16)
+    data = model.data
+    for labelled in (False, True):
+        cells = np.flatnonzero((data.labels >= 0) == labelled)[:16]
+        tensors = data.tensors(cells, "cpu", labelled)
+        losses, weights = [], []
+        for variant in step_times.VARIANTS:
+            vae = copy.deepcopy(model.module).train()
+            pyro.set_rng_seed(0)
+            with (
+                pyro.get_param_store().scope(),
+                pyro.validation_enabled(False),
+                step_times.registration(variant != "no_registration"),
+            ):
+                losses.append(float(step_times.make_stepper(variant, vae).step(*tensors)))
+            weights.append(torch.cat([p.detach().reshape(-1) for p in vae.parameters()]))
+        assert losses[1:] == pytest.approx(losses[:1] * 2, rel=1e-6)
+        for other in weights[1:]:
+            torch.testing.assert_close(other, weights[0])
+        assert not torch.equal(
+            weights[0], torch.cat([p.detach().reshape(-1) for p in model.module.parameters()])
+        )  # the step did update the weights
+    assert pyro.module.__module__ == "pyro.primitives"  # restored after no_registration
+
+    rows = step_times.main(
+        ["--task", "T4", "--max-cells", "200", "--batch-sizes", "32", "--steps", "1", "--reps", "1"]
+    )
+    assert [(r["batch_size"], r["labelled"]) for r in rows] == [(32, False), (32, True)]
+    assert all(r[v] > 0 for r in rows for v in (*step_times.VARIANTS, "assembly"))
