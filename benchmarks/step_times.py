@@ -14,9 +14,9 @@ on the minibatches of a real task with the throughput benchmark's layer widths:
 
 The three give the same loss and gradients (the objective is the same ``TraceEnum_ELBO``);
 only the Python around it differs. For each batch size and kind of minibatch (labelled,
-or unlabelled with y enumerated) it prints the fastest of ``--reps`` means over
-``--steps`` steps, after ten warm-up steps, and the time to assemble the minibatch from
-the sparse counts and move it to the device::
+or unlabelled with y enumerated; fewer cells where the task has fewer of that kind) it
+prints the fastest of ``--reps`` means over ``--steps`` steps, after ten warm-up steps,
+and the time to assemble the minibatch from the sparse counts and move it to the device::
 
     OMP_NUM_THREADS=1 python benchmarks/step_times.py --task T3 --batch-sizes 128 1024
     python benchmarks/step_times.py --device cuda --steps 50
@@ -131,17 +131,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     vae, data = model.module.to(device).train(), model.data
     print(f"{args.task}: {data.n_cells} cells, {data.counts.shape[1]} genes, on {device}")
     print(
-        "\n| batch size | minibatch | "
+        "\n| batch size | minibatch | cells | "
         + " | ".join(f"{v} ms" for v in VARIANTS)
         + " | assembly ms |"
     )
-    print("|---" * (len(VARIANTS) + 3) + "|")
+    print("|---" * (len(VARIANTS) + 4) + "|")
     rows = []
     for batch_size in args.batch_sizes:
         for labelled in (False, True):
             cells = np.flatnonzero((data.labels >= 0) == labelled)[:batch_size]
             tensors = data.tensors(cells, device, labelled)
-            row = {"batch_size": batch_size, "labelled": labelled}
+            row = {"batch_size": batch_size, "labelled": labelled, "cells": len(cells)}
             for variant in VARIANTS:
                 with (
                     pyro.get_param_store().scope(),
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             kind = "labelled" if labelled else "unlabelled"
             times = " | ".join(f"{row[v]:.2f}" for v in (*VARIANTS, "assembly"))
-            print(f"| {batch_size} | {kind} | {times} |", flush=True)
+            print(f"| {batch_size} | {kind} | {len(cells)} | {times} |", flush=True)
             rows.append(row)
     return rows
 
