@@ -120,6 +120,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     # ninth round: fixed epoch counts, for T4 (700 cells; the default gives it 227)
     "epochs132": {"init": {}, "fit": {"epochs": 132}},
     "epochs115": {"init": {}, "fit": {"epochs": 115}},
+    # tenth round: the JIT with more of the steps compiled (T1: 3-4 full minibatches of 256)
+    "bs256_jit": {"init": {}, "fit": {"batch_size": 256, "jit": True}},
 }
 
 
