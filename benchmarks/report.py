@@ -335,7 +335,9 @@ def render_markdown(results: dict[str, Any], scaling: dict[str, Any] | None = No
         + scvi_epochs_note(meta.get("scvi_epochs"))
         + (f"; tasks subsampled to ≤ {meta['max_cells']} cells" if meta["max_cells"] else ""),
         "",
-        "Every (task, method, seed) ran in a fresh child process; metrics use query cells "
+        "Every (task, method, seed) ran in a fresh child process"
+        + (f", {meta['jobs']} at a time" if meta.get("jobs", 1) > 1 else "")
+        + "; metrics use query cells "
         "only; train s = raw counts to fitted model (preprocessing included), predict s = "
         "raw query counts to probabilities; peak MB = peak resident set of the child "
         "process (libraries and data included). Values are mean ± sd over seeds.",

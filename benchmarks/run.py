@@ -6,10 +6,11 @@ Usage (from the repository root)::
     python benchmarks/run.py --quick              # T1a + T4, 20 epochs, one seed: minutes
     python benchmarks/run.py --tasks T4 --methods logreg knn --seeds 0 1 2
     python benchmarks/run.py --accelerator gpu    # SCANVI and pyro_scvae on the GPU
+    OMP_NUM_THREADS=1 python benchmarks/run.py --jobs 2   # two runs at a time, a core each
 
-Every (task, method, seed) runs in a fresh child process; the throughput comparison runs
-in one more child. Results are rewritten after every run, so an interrupted run keeps what
-it has done.
+Every (task, method, seed) runs in a fresh child process, ``--jobs`` of them at a time;
+the throughput comparison runs afterwards in one more child, alone. Results are rewritten
+after every run, so an interrupted run keeps what it has done.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where SCANVI and pyro_scvae train, throughput included (default cpu; the "
         "other methods always run on the CPU)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="(task, method, seed) runs at a time, each in its own process (default 1); "
+        "with more than one, set OMP_NUM_THREADS so that jobs x threads fits the cores",
+    )
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput part")
     parser.add_argument(
         "--throughput-only", action="store_true", help="run only the throughput part"
@@ -86,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--throughput-reps", type=int, help="fits per method (default 3; quick 2)")
     parser.add_argument("--throughput-epochs", type=int, help="epochs per fit (default 4; quick 3)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
     args.tasks = args.tasks or list(QUICK_TASKS if quick else TASKS)
@@ -101,6 +112,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _run_job(args: argparse.Namespace, task: str, method: str, seed: int) -> dict[str, Any]:
+    """Run one (task, method, seed) in a fresh child process and label its record."""
+    epochs = args.epochs if method in NEURAL_METHODS else None
+    if method.startswith("scanvi") and args.scvi_epochs is not None:
+        epochs = args.scvi_epochs
+    record = run_isolated(
+        run_one,
+        task,
+        method,
+        seed,
+        epochs=epochs,
+        max_cells=args.max_cells,
+        data_dir=args.data_dir,
+    )
+    return {"task": task, "method": method, "seed": seed, **record}
 
 
 def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -138,6 +166,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "scvi_epochs": args.scvi_epochs,
             "max_cells": args.max_cells,
             "accelerator": args.accelerator,
+            "jobs": args.jobs,
             "task_descriptions": dict(TASKS),
             "skipped_tasks": skipped,
             "throughput": None,
@@ -148,31 +177,23 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
     jobs = [(t, m, s) for t in tasks for s in args.seeds for m in args.methods]
     if args.throughput_only:
         jobs, results["meta"]["tasks"] = [], []
-    for number, (task, method, seed) in enumerate(jobs, start=1):
-        epochs = args.epochs if method in NEURAL_METHODS else None
-        if method.startswith("scanvi") and args.scvi_epochs is not None:
-            epochs = args.scvi_epochs
-        record = run_isolated(
-            run_one,
-            task,
-            method,
-            seed,
-            epochs=epochs,
-            max_cells=args.max_cells,
-            data_dir=args.data_dir,
-        )
-        record = {"task": task, "method": method, "seed": seed, **record}
-        results["runs"].append(record)
-        if record["status"] == "ok":
-            _log(
-                f"[{number}/{len(jobs)}] {task} {method} seed {seed}: "
-                f"accuracy {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}, "
-                f"train {record['train_s']:.1f} s, peak {record['peak_rss_mb']:.0f} MB"
-            )
-        else:
-            _log(f"[{number}/{len(jobs)}] {task} {method} seed {seed}: FAILED {record['error']}")
-        results["meta"]["wall_s"] = time.perf_counter() - start
-        write_results(results, args.out)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads that wait on children
+        pending = [pool.submit(_run_job, args, *job) for job in jobs]
+        for number, future in enumerate(as_completed(pending), start=1):
+            record = future.result()
+            results["runs"].append(record)
+            name = f"[{number}/{len(jobs)}] {record['task']} {record['method']}"
+            name += f" seed {record['seed']}"
+            if record["status"] == "ok":
+                _log(
+                    f"{name}: accuracy {record['accuracy']:.3f}, "
+                    f"macro-F1 {record['macro_f1']:.3f}, train {record['train_s']:.1f} s, "
+                    f"peak {record['peak_rss_mb']:.0f} MB"
+                )
+            else:
+                _log(f"{name}: FAILED {record['error']}")
+            results["meta"]["wall_s"] = time.perf_counter() - start
+            write_results(results, args.out)
 
     wanted = args.throughput_only or {"pyro_scvae", "scanvi_recipe", "scanvi_direct"} & set(
         args.methods
