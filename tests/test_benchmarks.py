@@ -30,8 +30,9 @@ METHODS = ["logreg", "knn", "pyro_scvae"]
 
 @pytest.mark.slow
 def test_quick_mode_runs_on_tiny_t4(tmp_path):
-    """Quick mode's code path (child processes, metrics, throughput, report) on 200 cells."""
-    argv = ["--quick", "--tasks", "T4", "--methods", *METHODS, "--seeds", "0"]
+    """Quick mode's code path (child processes, two at a time, metrics, throughput, report)
+    on 200 cells."""
+    argv = ["--quick", "--tasks", "T4", "--methods", *METHODS, "--seeds", "0", "--jobs", "2"]
     argv += ["--max-cells", "200", "--epochs", "2", "--out", str(tmp_path)]
     argv += ["--throughput-reps", "1", "--throughput-epochs", "2"]
     scaling = REPO / "benchmarks" / "scaling.json"  # results.md takes its scaling table
@@ -59,6 +60,7 @@ def test_quick_mode_runs_on_tiny_t4(tmp_path):
     assert "- training throughput ≥ 1.5× SCANVI's at batch size 128:" in markdown
     assert results["meta"]["machine"]["logical_cores"] >= 1
     assert results["meta"]["accelerator"] == "cpu"
+    assert results["meta"]["jobs"] == 2 and "in a fresh child process, 2 at a time;" in markdown
     assert "- SCANVI and pyro_scvae trained on the CPU" in markdown
     assert "## Throughput" in markdown and "## Targets" in markdown
     cases = json.loads(scaling.read_text())["cases"]
