@@ -122,6 +122,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "epochs115": {"init": {}, "fit": {"epochs": 115}},
     # tenth round: the JIT with more of the steps compiled (T1: 3-4 full minibatches of 256)
     "bs256_jit": {"init": {}, "fit": {"batch_size": 256, "jit": True}},
+    # eleventh round: T2, where SCANVI's recipe leads over seven seeds
+    "triple_epochs": {"init": {}, "fit": {"epoch_scale": 3.0}},
+    "alpha10": {"init": {"alpha": 10.0}, "fit": {}},
 }
 
 
