@@ -14,10 +14,8 @@ Examples
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import anndata as ad
@@ -25,38 +23,29 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from safetensors.torch import load_file, save_file
 
+from pyro_scvae.config import ModelConfig, TrainingConfig, default_epochs, defaults
 from pyro_scvae.data import (
     BackedCounts,
     CellData,
-    InputError,
-    PyroSCVAEWarning,
     count_matrix,
     encode_labels,
     library_prior,
     take_rows,
 )
+from pyro_scvae.errors import InputError, PyroSCVAEWarning
 from pyro_scvae.evaluation import classification_metrics
-from pyro_scvae.model import HierarchicalVAE, ModelConfig
-from pyro_scvae.training import History, TrainingConfig, resolve_device, train
+from pyro_scvae.genes import match_genes
+from pyro_scvae.model import HierarchicalVAE
+from pyro_scvae.persistence import load_model, save_model
+from pyro_scvae.training import History, train
 
 SETUP_KEY = "_pyro_scvae_setup"
 UNASSIGNED = "Unassigned"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
+#: The constructor's defaults: those of :class:`~pyro_scvae.config.ModelConfig`.
+MODEL_DEFAULTS = defaults(ModelConfig)
 
-
-def default_epochs(n_cells: int) -> int:
-    """``6000 / √n_cells`` epochs, between 20 and 300.
-
-    Larger data get fewer epochs but more gradient steps (≈ 12 √n_cells at the default
-    batch size of 512; 47 √n_cells at 128, the size the rule was chosen at): on the
-    benchmark tasks four times the epochs of a ``200,000 / n_cells`` rule raised macro-F1
-    on 8,617 cells (0.83 → 0.87) and lowered it on 1,200 (0.83 → 0.79), see
-    ``benchmarks/tuning.md``. 1,200 cells get 173 epochs, 8,617 cells 65.
-    """
-    return int(np.clip(round(6000 / np.sqrt(max(n_cells, 1))), 20, 300))
+__all__ = ["PyroSCVAE", "default_epochs", "match_genes", "UNASSIGNED"]
 
 
 class PyroSCVAE:
@@ -87,15 +76,15 @@ class PyroSCVAE:
     def __init__(
         self,
         adata: ad.AnnData,
-        n_latent: int = 30,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout: float = 0.1,
-        alpha: float = 50.0,
-        encode_batch: bool = False,
-        separate_library_encoder: bool = True,
-        class_prior: str = "uniform",
-        balance_classes: bool | float = True,
+        n_latent: int = MODEL_DEFAULTS["n_latent"],
+        n_hidden: int = MODEL_DEFAULTS["n_hidden"],
+        n_layers: int = MODEL_DEFAULTS["n_layers"],
+        dropout: float = MODEL_DEFAULTS["dropout"],
+        alpha: float = MODEL_DEFAULTS["alpha"],
+        encode_batch: bool = MODEL_DEFAULTS["encode_batch"],
+        separate_library_encoder: bool = MODEL_DEFAULTS["separate_library_encoder"],
+        class_prior: str = MODEL_DEFAULTS["class_prior"],
+        balance_classes: bool | float = MODEL_DEFAULTS["balance_classes"],
         seed: int = 0,
     ) -> None:
         if SETUP_KEY not in adata.uns:
@@ -142,6 +131,8 @@ class PyroSCVAE:
             alpha=alpha,
             encode_batch=bool(encode_batch),
             separate_library_encoder=bool(separate_library_encoder),
+            class_prior=class_prior,
+            balance_classes=balance_classes,
         )
         if class_prior not in ("uniform", "frequencies"):
             raise InputError(f"class_prior must be 'uniform' or 'frequencies', not {class_prior!r}")
@@ -149,8 +140,6 @@ class PyroSCVAE:
         if class_prior == "frequencies":
             frequencies = np.bincount(labels[labels >= 0], minlength=len(self.classes)) + 1.0
             prior = torch.tensor(frequencies / frequencies.sum(), dtype=torch.float32)
-        self.class_prior = class_prior
-        self.balance_classes = balance_classes
         power = float(balance_classes)
         if not 0.0 <= power <= 1.0:
             raise InputError(f"balance_classes must be True, False or in [0, 1], not {power}")
@@ -427,96 +416,16 @@ class PyroSCVAE:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path, overwrite: bool = False) -> None:
-        """Weights (safetensors) and a JSON config; loading executes no code."""
-        directory = Path(directory)
-        if directory.exists() and any(directory.iterdir()) and not overwrite:
-            raise InputError(f"{directory} exists and is not empty; pass overwrite=True")
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, directory / WEIGHTS_FILE)
-        config = {
-            "model": self.config.to_dict(),
-            "classes": self.classes,
-            "genes": self.genes,
-            "batch_categories": self.batch_categories,
-            "setup": self.setup,
-            "class_prior": self.class_prior,
-            "balance_classes": self.balance_classes,
-            "seed": self.seed,
-            "training": None if self.training_config is None else self.training_config.to_dict(),
-            "history": None if self.history is None else asdict(self.history),
-        }
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        """Weights (safetensors) and a JSON config; loading executes no code.
+
+        See :func:`pyro_scvae.persistence.save_model`.
+        """
+        save_model(self, directory, overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto") -> PyroSCVAE:
-        """A trained model from :meth:`save`, ready for :meth:`predict` on new data."""
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
-            raise InputError(f"{directory} is not a saved pyro_scvae model (no {CONFIG_FILE})")
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        self = cls.__new__(cls)
-        # Models saved before these options existed gave the batch to the encoder, and
-        # q(l | x) shared the encoder of q(z₁ | x).
-        old_defaults = {"encode_batch": True, "separate_library_encoder": False}
-        self.config = ModelConfig(**{**old_defaults, **config["model"]})
-        self.classes = config["classes"]
-        self.genes = config["genes"]
-        self.batch_categories = config["batch_categories"]
-        self.setup = config["setup"]
-        self.class_prior = config["class_prior"]
-        self.balance_classes = config.get("balance_classes", False)
-        self.seed = config["seed"]
-        self.training_config = config["training"] and TrainingConfig(**config["training"])
-        self.history = config["history"] and History(**config["history"])
-        self.adata = None
-        state = load_file(directory / WEIGHTS_FILE)
-        n_library = state["library_loc"].shape[0]
-        self.module = HierarchicalVAE(
-            self.config,
-            torch.zeros(n_library),
-            torch.ones(n_library),
-            torch.ones(len(self.classes)),
-        )
-        self.module.load_state_dict(state)
-        self.module.to(resolve_device(device)).eval()
-        self.validation_cells = np.array([], dtype=np.int64)
-        self.validation_metrics = None
-        self.train_seconds = None
-        self.distributed_run = None
-        return self
+        """A trained model from :meth:`save`, ready for :meth:`predict` on new data.
 
-
-def match_genes(
-    counts: sp.csr_matrix | BackedCounts,
-    genes: pd.Index,
-    model_genes: list[str],
-    min_shared: float = 0.5,
-) -> sp.csr_matrix | BackedCounts:
-    """Reorder the columns of ``counts`` to the model's genes, by name.
-
-    Genes the model needs but the data lack are zero (with a warning); fewer than
-    ``min_shared`` of the model's genes present is an :class:`InputError`.
-    """
-    position = {str(g): i for i, g in enumerate(genes)}
-    found = [(position[g], j) for j, g in enumerate(model_genes) if g in position]
-    if len(found) < min_shared * len(model_genes):
-        raise InputError(
-            f"only {len(found)} of the model's {len(model_genes)} genes are in the data "
-            f"(at least {min_shared:.0%} are needed); are the gene names of the same kind?"
-        )
-    if len(found) < len(model_genes):
-        warnings.warn(
-            f"{len(model_genes) - len(found)} of the model's {len(model_genes)} genes are "
-            "missing from the data and are treated as zero counts",
-            PyroSCVAEWarning,
-            stacklevel=3,
-        )
-    rows, cols = zip(*found)
-    selection = sp.csr_matrix(
-        (np.ones(len(found), np.float32), (rows, cols)), shape=(len(genes), len(model_genes))
-    )
-    if isinstance(counts, BackedCounts):  # stays on disk: each chunk read is multiplied
-        same = list(map(str, genes)) == list(model_genes)
-        return counts.select_genes(None if same else selection)
-    return sp.csr_matrix(counts @ selection)
+        See :func:`pyro_scvae.persistence.load_model`.
+        """
+        return load_model(cls, directory, device)

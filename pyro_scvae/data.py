@@ -19,16 +19,10 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from pyro_scvae.errors import InputError, PyroSCVAEWarning  # noqa: F401 (re-exported)
+
 #: Rows per chunk in full passes over a matrix on disk (count checks, totals, HVGs).
 CHUNK_ROWS = 10_000
-
-
-class InputError(ValueError):
-    """The input data or an option is unusable; the message tells the user what to do."""
-
-
-class PyroSCVAEWarning(UserWarning):
-    """Something about the input the user should know (dropped cells, missing genes)."""
 
 
 def load_pbmc68k_counts() -> ad.AnnData:

@@ -28,8 +28,6 @@ Kingma et al., NeurIPS (2014).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -37,51 +35,9 @@ from pyro.infer import config_enumerate
 from torch import nn
 from torch.nn.functional import one_hot
 
+from pyro_scvae.config import ModelConfig
 from pyro_scvae.distributions import ZINB
 from pyro_scvae.networks import Classifier, GaussianNet, XDecoder
-
-
-@dataclass
-class ModelConfig:
-    """Architecture and objective settings; saved beside the weights as JSON.
-
-    Parameters
-    ----------
-    n_genes, n_classes, n_batches
-        Data dimensions (``n_batches = 0`` means no batch covariate).
-    n_latent
-        Dimension of z₁ and of z₂.
-    n_hidden, n_layers
-        Width and number of hidden layers of every network.
-    dropout
-        Dropout rate in the encoders and the classifier.
-    alpha
-        Weight of the classification term α · log q(y | z₁) of labelled cells.
-    encode_batch
-        Whether the encoders of q(z₁ | x) and q(l | x) also see the one-hot batch (the
-        decoder always does where there are batches). False is MODEL.md's q(z₁ | x) and
-        scvi-tools' default (``encode_covariates=False``).
-    separate_library_encoder
-        Whether q(l | x) has an encoder of its own (True, as scvi-tools' ``l_encoder``) or
-        shares the hidden layers of the encoder of q(z₁ | x) (False, as Pyro's scANVI
-        example; models saved before the option load with it). Both are MODEL.md's
-        "LogNormal from an encoder of log1p(x)"; the separate one was chosen on the
-        benchmark tasks (``benchmarks/tuning.md``, fifth round).
-    """
-
-    n_genes: int
-    n_classes: int
-    n_batches: int = 0
-    n_latent: int = 30
-    n_hidden: int = 128
-    n_layers: int = 1
-    dropout: float = 0.1
-    alpha: float = 50.0
-    encode_batch: bool = False
-    separate_library_encoder: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class HierarchicalVAE(nn.Module):

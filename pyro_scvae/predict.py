@@ -12,8 +12,6 @@ from __future__ import annotations
 import sys
 
 from pyro_scvae import cli
-from pyro_scvae.api import PyroSCVAE
-from pyro_scvae.fit import annotate_and_write, backed_cells, drop_empty_cells
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -60,19 +58,24 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def run(args) -> None:
-    cli.check_backed_layer(args.backed, args.layer)
+    """Annotate as ``args`` say; the heavy libraries are imported only here."""
+    from pyro_scvae.api import PyroSCVAE
+    from pyro_scvae.outputs import annotate_and_write, atomic_output_dir, json_ready
+    from pyro_scvae.preprocess import backed_cells, check_backed_layer, drop_empty_cells, read_adata
+
+    check_backed_layer(args.backed, args.layer)
     model = PyroSCVAE.load(args.model, device=args.device)
     if args.backed:
         model.setup["layer"] = None  # backed: the counts are .X, whatever the model's layer
     elif args.layer is not None:
         model.setup["layer"] = args.layer
-    adata = cli.read_adata(args.adata, backed=args.backed)
+    adata = read_adata(args.adata, backed=args.backed)
     # A backed AnnData cannot be copied: its cells without counts are left out when writing.
     cells = backed_cells(adata)
     if cells is None:
         adata = drop_empty_cells(adata, model.setup["layer"])
-    settings = cli.json_ready({**vars(args), "classes": model.classes})
-    with cli.atomic_output_dir(args.out) as out:
+    settings = json_ready({**vars(args), "classes": model.classes})
+    with atomic_output_dir(args.out) as out:
         annotate_and_write(model, adata, settings, out, args.min_confidence, cells)
     if not args.quiet:
         calls = adata.obs["pyro_scvae_prediction"]

@@ -22,10 +22,9 @@ objective, applied from outside the model (:class:`ScaleKL`); from the epoch whe
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
@@ -35,57 +34,15 @@ from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from tqdm import tqdm  # a text bar: works in terminals and notebooks alike
 
+from pyro_scvae.config import (  # noqa: F401 (re-exported: schedules live in config)
+    LR_SCHEDULES,
+    TrainingConfig,
+    kl_weight,
+    lr_factor,
+    warmup_epochs,
+)
 from pyro_scvae.data import CellData, InputError, minibatches
 from pyro_scvae.model import HierarchicalVAE
-
-
-@dataclass
-class TrainingConfig:
-    """Settings of one training run (the CLI flags mirror them).
-
-    Parameters
-    ----------
-    epochs
-        Passes over the training cells.
-    batch_size
-        Cells per minibatch.
-    lr
-        Learning rate of Adam.
-    seed
-        Seeds minibatch order and every sample drawn in training.
-    device
-        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
-    progress
-        Show a progress bar with the current ELBO.
-    jit
-        Compile the loss of full-size minibatches with ``JitTraceEnum_ELBO``.
-    lr_schedule
-        ``"constant"``, or ``"cosine"``: the learning rate of epoch e (from 0) is
-        ``lr · (1 + cos(π e / epochs)) / 2``, falling smoothly towards 0 by the last epoch.
-    kl_warmup
-        Fraction of the epochs over which the KL weight β rises linearly from 0 to 1
-        (β of epoch e is ``min(1, e / (kl_warmup · epochs))``); 0 trains with β = 1 throughout.
-        The default, half the epochs, was chosen on the benchmark tasks
-        (``benchmarks/tuning.md``).
-    """
-
-    epochs: int = 100
-    batch_size: int = 512
-    lr: float = 3e-3
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    jit: bool = False
-    lr_schedule: str = "constant"
-    kl_warmup: float = 0.5
-
-    def __post_init__(self) -> None:
-        # An unknown schedule or a warm-up outside [0, 1] fails here, before any work.
-        lr_factor(self.lr_schedule, 0, 1)
-        kl_weight(self.kl_warmup, 0, 1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -95,31 +52,6 @@ class History:
     # mean ELBO per cell (incl. α term); in the KL warm-up, the objective with β < 1
     elbo: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
-    """Multiplier of the learning rate in ``epoch`` (0-based) of ``epochs``."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    raise InputError(f"unknown learning-rate schedule {schedule!r}; choose from {LR_SCHEDULES}")
-
-
-def warmup_epochs(kl_warmup: float, epochs: int) -> float:
-    """Length of the KL warm-up in epochs: ``kl_warmup · epochs`` (β < 1 before it ends)."""
-    if not 0.0 <= kl_warmup <= 1.0:
-        raise InputError(f"kl_warmup must be a fraction of the epochs in [0, 1], got {kl_warmup}")
-    return kl_warmup * epochs
-
-
-def kl_weight(kl_warmup: float, epoch: int, epochs: int) -> float:
-    """β of ``epoch`` (0-based) of ``epochs``: linear from 0 over :func:`warmup_epochs`."""
-    length = warmup_epochs(kl_warmup, epochs)
-    return 1.0 if epoch >= length else epoch / length
 
 
 class ScaleKL(Messenger):

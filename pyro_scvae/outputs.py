@@ -1,0 +1,155 @@
+"""What the command lines write: predictions, the annotated data, metrics, model and plots.
+
+Everything goes into a temporary folder beside ``--out`` first, which replaces ``--out``
+only when the whole run succeeded (:func:`atomic_output_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from pyro_scvae.api import PyroSCVAE
+from pyro_scvae.data import write_h5ad_rows
+from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_embedding, umap_coordinates
+from pyro_scvae.training import warmup_epochs
+
+#: Largest number of cells drawn in the UMAP plot (a random subset beyond it).
+MAX_UMAP_CELLS = 50_000
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path) -> Iterator[Path]:
+    """A temporary folder that replaces ``out`` only if the block finishes without error."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = out.with_name(f".{out.name}.previous")
+    if out.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
+    staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_predictions(probabilities: pd.DataFrame, calls: pd.Series, path: Path) -> pd.DataFrame:
+    """``predictions.csv``: cell id, predicted, confidence and one ``prob:<class>`` per class."""
+    table = pd.DataFrame(
+        {"predicted": calls.to_numpy(), "confidence": probabilities.max(axis=1).to_numpy()},
+        index=probabilities.index.rename("cell"),
+    )
+    table = table.join(probabilities.add_prefix("prob:"))
+    table.to_csv(path)
+    return table
+
+
+def json_ready(settings: dict) -> dict:
+    """Settings without None values (h5ad cannot store None) and with plain types."""
+    return json.loads(json.dumps({k: v for k, v in settings.items() if v is not None}))
+
+
+def annotate_and_write(
+    model: PyroSCVAE,
+    adata: ad.AnnData,
+    settings: dict,
+    out: Path,
+    min_confidence: float,
+    cells: np.ndarray | None = None,
+) -> None:
+    """``predictions.csv`` and ``annotated.h5ad`` for ``adata`` in ``out``.
+
+    With ``cells`` (a boolean mask; ``adata`` must be backed) both files hold only those
+    cells, and the rows of ``.X`` are copied from the file in chunks
+    (:func:`~pyro_scvae.data.write_h5ad_rows`).
+    """
+    model.annotate(adata, min_confidence=min_confidence)  # calls, probabilities, latent z₁
+    probabilities = adata.obsm["pyro_scvae_probabilities"]
+    calls = adata.obs["pyro_scvae_prediction"].astype(str)
+    adata.uns["pyro_scvae"] = settings
+    if cells is None:
+        write_predictions(probabilities, calls, out / "predictions.csv")
+        adata.write_h5ad(out / "annotated.h5ad")
+    else:
+        write_predictions(probabilities[cells], calls[cells], out / "predictions.csv")
+        write_h5ad_rows(adata, np.flatnonzero(cells), out / "annotated.h5ad")
+
+
+def write_outputs(
+    model, adata, training_adata, settings, out: Path, args, cells: np.ndarray | None
+) -> dict:
+    """Predictions, annotated data, metrics, the model and the plots of the training run.
+
+    ``cells``: for a backed ``adata``, the cells to write (see :func:`annotate_and_write`).
+    """
+    annotate_and_write(model, adata, settings, out, args.min_confidence, cells)
+    history = model.history
+    metrics = {
+        "epochs": len(history.elbo),
+        "final_elbo_per_cell": history.elbo[-1],
+        "train_seconds": model.train_seconds,
+        "cells_per_second": len(history.elbo) * training_adata.n_obs / model.train_seconds,
+        "n_cells": training_adata.n_obs,
+        "n_genes": training_adata.n_vars,
+        "validation": model.validation_metrics,
+    }
+    if model.distributed_run is not None:  # trained through Lightning
+        metrics["distributed"] = {
+            "world_size": model.distributed_run.world_size,
+            "replica_max_abs_difference": model.distributed_run.replica_max_abs_difference,
+        }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    model.save(out / "model")
+    config = model.training_config
+    warmup = warmup_epochs(config.kl_warmup, config.epochs)
+    plot_elbo(history.elbo, out / "elbo.png", warmup_epochs=warmup)
+    if model.validation_metrics is not None:
+        cells = model.validation_cells
+        truth = np.array(model.classes)[model.data.labels[cells]]
+        # A backed AnnData allows one level of view: index the file's AnnData by name.
+        validation = adata[training_adata.obs_names[cells]] if adata.isbacked else None
+        predicted = model.predict(validation if adata.isbacked else training_adata[cells])
+        plot_confusion(
+            truth,
+            predicted,
+            out / "confusion.png",
+            title=f"Held-out labelled cells (n={len(cells)})",
+        )
+    latent = adata.obsm["X_pyro_scvae"]
+    shown = np.random.default_rng(args.seed).permutation(adata.n_obs)[:MAX_UMAP_CELLS]
+    plot_embedding(
+        umap_coordinates(latent[shown], seed=args.seed),
+        adata.obs["pyro_scvae_prediction"].to_numpy()[shown],
+        out / "umap.png",
+        title="UMAP of the latent z₁, coloured by predicted type",
+    )
+    return metrics
+
+
+def print_summary(model: PyroSCVAE, metrics: dict, adata: ad.AnnData, out: Path) -> None:
+    lines = [
+        f"trained on {adata.n_obs} cells × {adata.n_vars} genes, {len(model.classes)} classes, "
+        f"{metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
+        f"({metrics['cells_per_second']:.0f} cells/s)",
+        f"final ELBO per cell: {metrics['final_elbo_per_cell']:.1f}",
+    ]
+    validation = metrics["validation"]
+    if validation:
+        lines.append(
+            f"held-out labelled cells (n={validation['n_cells']}): accuracy "
+            f"{validation['accuracy']:.3f}, macro-F1 {validation['macro_f1']:.3f}"
+        )
+    lines.append(f"outputs written to {out}/")
+    print("\n".join(lines))
