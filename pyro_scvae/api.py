@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from pyro_scvae.calibration import softmax
 from pyro_scvae.config import ModelConfig, TrainingConfig, default_epochs, defaults
 from pyro_scvae.data import (
     BackedCounts,
@@ -34,7 +35,7 @@ from pyro_scvae.data import (
     take_rows,
 )
 from pyro_scvae.errors import InputError, PyroSCVAEWarning
-from pyro_scvae.evaluation import classification_metrics
+from pyro_scvae.fitting import select_and_refit
 from pyro_scvae.genes import match_genes
 from pyro_scvae.model import HierarchicalVAE
 from pyro_scvae.persistence import load_model, save_model
@@ -44,6 +45,8 @@ SETUP_KEY = "_pyro_scvae_setup"
 UNASSIGNED = "Unassigned"
 #: The constructor's defaults: those of :class:`~pyro_scvae.config.ModelConfig`.
 MODEL_DEFAULTS = defaults(ModelConfig)
+#: ``fit``'s defaults: those of :class:`~pyro_scvae.config.TrainingConfig`.
+TRAINING_DEFAULTS = defaults(TrainingConfig)
 
 __all__ = ["PyroSCVAE", "default_epochs", "match_genes", "UNASSIGNED"]
 
@@ -149,15 +152,23 @@ class PyroSCVAE:
             weights = counts_per_class.clip(1) ** -power  # [K]
             weights *= counts_per_class.sum() / (counts_per_class * weights).sum()  # mean 1
             weights = torch.tensor(weights, dtype=torch.float32)
-        torch.manual_seed(seed)
-        self.module = HierarchicalVAE(self.config, loc, scale, prior, weights)
+        self._module_arguments = (loc, scale, prior, weights)
+        self.module = self.new_module()
         self.genes = list(map(str, adata.var_names))
         self.history: History | None = None
         self.training_config: TrainingConfig | None = None
         self.validation_cells = np.array([], dtype=np.int64)
         self.validation_metrics: dict | None = None
+        self.temperature = 1.0  # of q(y | z₁)'s logits, fitted on held-out cells in fit()
+        self.selection = None  # what the first fit found (pyro_scvae.fitting.Selection)
+        self.epochs_trained = 0  # by every fit of the last fit() together
         self.train_seconds: float | None = None
         self.distributed_run = None  # a DistributedRun after training through Lightning
+
+    def new_module(self) -> HierarchicalVAE:
+        """The networks with their initial weights (seeded by ``seed``): the untrained model."""
+        torch.manual_seed(self.seed)
+        return HierarchicalVAE(self.config, *self._module_arguments)
 
     # ------------------------------------------------------------------ set-up
     @staticmethod
@@ -226,13 +237,18 @@ class PyroSCVAE:
     def fit(
         self,
         epochs: int | None = None,
-        batch_size: int = 512,
-        lr: float = 3e-3,
-        lr_schedule: str = "constant",
-        kl_warmup: float = 0.5,
+        batch_size: int = TRAINING_DEFAULTS["batch_size"],
+        lr: float = TRAINING_DEFAULTS["lr"],
+        lr_schedule: str = TRAINING_DEFAULTS["lr_schedule"],
+        kl_warmup: float = TRAINING_DEFAULTS["kl_warmup"],
         seed: int | None = None,
-        device: str = "auto",
-        validation_fraction: float = 0.0,
+        device: str = TRAINING_DEFAULTS["device"],
+        validation_fraction: float = TRAINING_DEFAULTS["validation_fraction"],
+        early_stopping: bool = TRAINING_DEFAULTS["early_stopping"],
+        patience: int | None = TRAINING_DEFAULTS["patience"],
+        refit: str = TRAINING_DEFAULTS["refit"],
+        calibrate: bool = TRAINING_DEFAULTS["calibrate"],
+        labelled_share: float = TRAINING_DEFAULTS["labelled_share"],
         progress: bool = True,
         jit: bool = False,
         devices: int = 1,
@@ -241,24 +257,38 @@ class PyroSCVAE:
     ) -> PyroSCVAE:
         """Train on all cells: labelled ones with their label, the others enumerating y.
 
+        By default a stratified tenth of the labelled cells first has its labels hidden:
+        those cells give honest held-out metrics (``validation_metrics``), choose when
+        to stop and calibrate the probabilities; then training goes on with every label,
+        so the model that annotates has learnt from all of them
+        (:mod:`pyro_scvae.fitting`). The settings are those of
+        :class:`~pyro_scvae.config.TrainingConfig`.
+
         Parameters
         ----------
         epochs
-            Passes over the data; by default chosen from the number of cells.
+            Length of the schedule (the most epochs the first fit may train); by default
+            chosen from the number of cells (:func:`~pyro_scvae.config.default_epochs`).
         batch_size
             Cells per minibatch. The default of 512 was chosen on the benchmark tasks
             (``benchmarks/tuning.md``, seventh round): higher macro-F1 than 128 on four
             of six tasks, and 1.3–1.6 times faster.
         lr, lr_schedule
             Learning rate of Adam and its schedule over epochs (``"constant"`` or
-            ``"cosine"``, see :class:`~pyro_scvae.training.TrainingConfig`).
+            ``"cosine"``).
         kl_warmup
             Fraction of the epochs over which the weight of the KL terms of y, z₂ and l
             rises linearly from 0 to 1 (scvi-tools' KL warm-up; 0 = none), see
             :mod:`pyro_scvae.training`. From then on training maximises MODEL.md's ELBO.
-        validation_fraction
-            Fraction of the labelled cells whose labels are hidden from training and
-            used to report accuracy and F1 (``validation_metrics``).
+        validation_fraction, early_stopping, patience, refit, calibrate
+            How the labels are used (:mod:`pyro_scvae.fitting`): the fraction of labelled
+            cells held out at first (0: train once on every label, uncalibrated), whether
+            that fit stops early and after how many epochs without improvement, how the
+            held-out labels then join (``"continue"``, ``"full"``, ``"none"``), and
+            whether q(y | z₁) is temperature-scaled on the held-out cells.
+        labelled_share
+            Least share of each epoch's minibatches that are labelled (see
+            :func:`pyro_scvae.data.minibatches`).
         jit
             Compile the loss with ``JitTraceEnum_ELBO`` (see :mod:`pyro_scvae.training`).
         devices, accelerator, num_nodes
@@ -266,13 +296,12 @@ class PyroSCVAE:
             ``"auto"`` (``"cpu"`` or ``"gpu"``), training runs through PyTorch Lightning
             with DDP, one process per device (:mod:`pyro_scvae.distributed`); each
             optimiser step then averages the gradients of ``devices × num_nodes``
-            minibatches. Otherwise (the default) it runs in this process
-            (:func:`~pyro_scvae.training.train`, on ``device``).
+            minibatches, and the first fit cannot stop early. Otherwise (the default) it
+            runs in this process (:func:`~pyro_scvae.training.train`, on ``device``).
         """
-        if not 0.0 <= validation_fraction < 1.0:
-            raise InputError("validation_fraction must be in [0, 1)")
         seed = self.seed if seed is None else seed
         epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
+        distributed = devices > 1 or num_nodes > 1 or accelerator != "auto"
         self.training_config = TrainingConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -283,78 +312,59 @@ class PyroSCVAE:
             device=device,
             progress=progress,
             jit=jit,
+            labelled_share=labelled_share,
+            validation_fraction=validation_fraction,
+            early_stopping=early_stopping and not distributed,
+            patience=patience,
+            refit=refit,
+            calibrate=calibrate,
         )
-        labels = self.data.labels.copy()
-        self.validation_cells = self._validation_split(labels, validation_fraction, seed)
-        labels[self.validation_cells] = -1
-        cells = self.training_cells
-        batches = None if self.data.batches is None else self.data.batches[cells]
-        training_data = CellData(take_rows(self.data.counts, cells), labels[cells], batches)
         start = time.perf_counter()
         self.distributed_run = None
-        if devices > 1 or num_nodes > 1 or accelerator != "auto":
+        run = train
+        if distributed:
             from pyro_scvae.distributed import train_distributed
 
             if accelerator == "auto" and device != "auto":
                 accelerator = "gpu" if device == "cuda" else device  # honour device="cpu"
-            self.distributed_run = train_distributed(
-                self.module,
-                training_data,
-                self.training_config,
-                devices=devices,
-                accelerator=accelerator,
-                num_nodes=num_nodes,
-            )
-            self.history = self.distributed_run.history
-        else:
-            self.history = train(self.module, training_data, self.training_config)
-        self.train_seconds = time.perf_counter() - start
-        if len(self.validation_cells):
-            probabilities = self._probabilities(
-                self.data.counts[self.validation_cells],
-                None if self.data.batches is None else self.data.batches[self.validation_cells],
-            )
-            truth = np.array(self.classes)[self.data.labels[self.validation_cells]]
-            predicted = np.array(self.classes)[probabilities.argmax(1)]
-            self.validation_metrics = classification_metrics(truth, predicted, probabilities)
-        return self
 
-    def _validation_split(self, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-        """A stratified random ``fraction`` of the labelled cells (at least one per split)."""
-        if fraction == 0.0:
-            return np.array([], dtype=np.int64)
-        rng = np.random.default_rng(seed)
-        held_out = []
-        for code in range(len(self.classes)):
-            members = rng.permutation(np.flatnonzero(labels == code))
-            n_held = int(round(fraction * len(members)))
-            held_out.append(members[: min(n_held, len(members) - 1)])
-        held_out = np.sort(np.concatenate(held_out))
-        if len(held_out) == 0:
-            raise InputError("validation_fraction leaves no labelled cell to validate on")
-        return held_out
+            def run(module, data, config, on_epoch_end=None, description=""):
+                self.distributed_run = train_distributed(
+                    module,
+                    data,
+                    config,
+                    devices=devices,
+                    accelerator=accelerator,
+                    num_nodes=num_nodes,
+                )
+                return self.distributed_run.history
+
+        self.history = select_and_refit(self, self.training_config, run)
+        self.train_seconds = time.perf_counter() - start
+        return self
 
     # ------------------------------------------------------------------ inference
     def _probabilities(
         self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int = 4096
     ) -> np.ndarray:
-        """q(y | z₁) at the posterior mean of z₁, ``[cells, classes]``."""
-        return self._encode(counts, batches, chunk)[1]
+        """q(y | z₁) at the posterior mean of z₁, calibrated, ``[cells, classes]``."""
+        return softmax(self._encode(counts, batches, chunk)[1], self.temperature)
 
     def _encode(
         self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int = 4096
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean of z₁ ``[cells, d]`` and the classifier's logits ``[cells, K]``."""
         device = next(self.module.parameters()).device
         self.module.eval()
-        latent, probabilities = [], []
+        latent, logits = [], []
         for start in range(0, counts.shape[0], chunk):
             rows = slice(start, start + chunk)
             x = torch.from_numpy(counts[rows].toarray()).to(device)  # [chunk, G]
             b = None if batches is None else torch.from_numpy(batches[rows]).to(device)
-            z1, probs = self.module.encode(x, b)  # [chunk, d], [chunk, K]
+            z1, chunk_logits = self.module.encode(x, b)  # [chunk, d], [chunk, K]
             latent.append(z1.cpu().numpy())
-            probabilities.append(probs.cpu().numpy())
-        return np.concatenate(latent), np.concatenate(probabilities)
+            logits.append(chunk_logits.cpu().numpy())
+        return np.concatenate(latent), np.concatenate(logits)
 
     def _query_arrays(
         self, adata: ad.AnnData | None
@@ -403,7 +413,8 @@ class PyroSCVAE:
         probability), ``obsm["pyro_scvae_probabilities"]`` (a cells × classes DataFrame) and
         ``obsm["X_pyro_scvae"]`` (the posterior mean of z₁, for ``sc.pp.neighbors``/UMAP).
         """
-        latent, probabilities = self._encode(*self._query_arrays(adata))
+        latent, logits = self._encode(*self._query_arrays(adata))
+        probabilities = softmax(logits, self.temperature)
         adata = self.adata if adata is None else adata
         calls = self._hard_calls(probabilities, min_confidence)
         adata.obs["pyro_scvae_prediction"] = pd.Categorical(calls)

@@ -92,6 +92,32 @@ class TrainingConfig:
         (β of epoch e is ``min(1, e / (kl_warmup · epochs))``); 0 trains with β = 1 throughout.
         The default, half the epochs, was chosen on the benchmark tasks
         (``benchmarks/tuning.md``).
+    labelled_share
+        Least share of each epoch's minibatches that are labelled; the labelled cells are
+        passed over again as often as needed (see :func:`pyro_scvae.data.minibatches`).
+        0 passes over them once an epoch.
+    validation_fraction
+        Fraction of the labelled cells whose labels are hidden in a first fit, to measure
+        honest metrics, choose the stopping epoch and calibrate (see
+        :mod:`pyro_scvae.fitting`); 0 trains once on every label for ``epochs``.
+    early_stopping
+        Stop the first fit when the held-out cells' calibrated negative log-likelihood
+        has not improved for ``patience`` epochs (never before the KL warm-up ends).
+    patience
+        Epochs without improvement before stopping, and the epochs of the ``"continue"``
+        refit; None: a tenth of ``epochs``, at least 10 (or ``epochs`` when fewer).
+    refit
+        How the labels held out in the first fit reach the model that annotates:
+        ``"full"`` trains the model again from its initial weights on every label for the
+        number of epochs the first fit chose; ``"continue"`` goes on from the first fit's
+        best epoch with every label for ``patience`` more epochs of the schedule;
+        ``"none"`` keeps the first fit at its best epoch (the held-out labels are then
+        never learnt).
+    calibrate
+        Fit a temperature for q(y | z₁) on the held-out cells (temperature scaling).
+    start_epoch, stop_epoch
+        Train epochs ``start_epoch … stop_epoch - 1`` only (defaults: 0 and ``epochs``;
+        past ``epochs`` the schedule keeps its last values); set by the refit.
     """
 
     epochs: int = 100
@@ -103,17 +129,46 @@ class TrainingConfig:
     jit: bool = False
     lr_schedule: str = "constant"
     kl_warmup: float = 0.5
+    labelled_share: float = 0.0
+    validation_fraction: float = 0.1
+    early_stopping: bool = True
+    patience: int | None = None
+    refit: str = "continue"
+    calibrate: bool = True
+    start_epoch: int = 0
+    stop_epoch: int | None = None
 
     def __post_init__(self) -> None:
         # An unknown schedule or a warm-up outside [0, 1] fails here, before any work.
         lr_factor(self.lr_schedule, 0, 1)
         kl_weight(self.kl_warmup, 0, 1)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise InputError("validation_fraction must be in [0, 1)")
+        if not 0.0 <= self.labelled_share < 1.0:
+            raise InputError("labelled_share must be in [0, 1)")
+        if self.refit not in REFIT_MODES:
+            raise InputError(f"refit must be one of {REFIT_MODES}, not {self.refit!r}")
+
+    @property
+    def epochs_to_train(self) -> int:
+        """The last epoch (exclusive) to train: ``stop_epoch`` or ``epochs``.
+
+        A ``stop_epoch`` beyond ``epochs`` continues the schedule at its last values.
+        """
+        return self.epochs if self.stop_epoch is None else self.stop_epoch
+
+    def patience_epochs(self) -> int:
+        """``patience``, or its default: a tenth of ``epochs``, at least 10 (or ``epochs``)."""
+        if self.patience is not None:
+            return self.patience
+        return max(min(10, self.epochs), round(self.epochs / 10))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 LR_SCHEDULES = ("constant", "cosine")
+REFIT_MODES = ("full", "continue", "none")
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int) -> float:

@@ -478,17 +478,39 @@ def minibatches(
     batch_size: int,
     rng: np.random.Generator,
     drop_last: bool = False,
+    labelled_share: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, bool]]:
     """One epoch of shuffled minibatches, each either all labelled or all unlabelled.
 
     Labelled and unlabelled cells never share a minibatch (labelled minibatches call
     the model with y, unlabelled ones without), and the two kinds are interleaved at
     random. Yields ``(cell indices, is_labelled)``.
+
+    With ``labelled_share`` s > 0, the labelled cells are passed over again (each pass a
+    new permutation) until labelled minibatches make up at least the share s of the
+    epoch's minibatches, as scvi-tools draws a labelled minibatch beside every step of
+    SCANVI: where few cells are labelled, the classifier then learns in a steady share of
+    the steps instead of once an epoch. Every unlabelled cell is still seen once.
     """
     chunks: list[tuple[np.ndarray, bool]] = []
+    n_unlabelled_chunks = 0
     for is_labelled in (True, False):
         cells = rng.permutation(np.flatnonzero((labels >= 0) == is_labelled))
         stop = len(cells) - len(cells) % batch_size if drop_last else len(cells)
-        chunks += [(cells[i : i + batch_size], is_labelled) for i in range(0, stop, batch_size)]
+        kind = [(cells[i : i + batch_size], is_labelled) for i in range(0, stop, batch_size)]
+        chunks += kind
+        if not is_labelled:
+            n_unlabelled_chunks = len(kind)
+    n_labelled = int((labels >= 0).sum())
+    if labelled_share > 0 and n_labelled:
+        wanted = int(np.ceil(labelled_share / (1 - labelled_share) * n_unlabelled_chunks))
+        have = sum(1 for _, is_labelled in chunks if is_labelled)
+        while have < wanted:
+            cells = rng.permutation(np.flatnonzero(labels >= 0))
+            for i in range(0, len(cells), batch_size):
+                if have >= wanted:
+                    break
+                chunks.append((cells[i : i + batch_size], True))
+                have += 1
     for i in rng.permutation(len(chunks)):
         yield chunks[i]

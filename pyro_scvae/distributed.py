@@ -192,8 +192,9 @@ class ELBOLightningModule(L.LightningModule):
         self.accumulate_grad_batches = accumulate_grad_batches
         self.elbo: torch.nn.Module | None = None  # built in each process, see setup()
         # Persistent buffers travel back to the calling process with the weights.
-        self.register_buffer("elbo_history", torch.full((config.epochs,), float("nan")))
-        self.register_buffer("seconds_history", torch.full((config.epochs,), float("nan")))
+        n_epochs = config.epochs_to_train - config.start_epoch  # this run's epochs
+        self.register_buffer("elbo_history", torch.full((n_epochs,), float("nan")))
+        self.register_buffer("seconds_history", torch.full((n_epochs,), float("nan")))
         self.register_buffer("replica_difference", torch.tensor(float("nan")))
         self._loss_sum = 0.0
         self._cells = 0
@@ -231,8 +232,8 @@ class ELBOLightningModule(L.LightningModule):
         pyro.set_rng_seed(self.config.seed + self.global_rank)
 
     def on_train_epoch_start(self) -> None:
-        self.scale_kl.weight = kl_weight(
-            self.config.kl_warmup, self.current_epoch, self.config.epochs
+        self.scale_kl.weight = kl_weight(  # the schedule's epoch: a refit may start later
+            self.config.kl_warmup, self.config.start_epoch + self.current_epoch, self.config.epochs
         )
         self._loss_sum, self._cells = 0.0, 0
         self._epoch_start = time.perf_counter()
@@ -268,7 +269,12 @@ class ELBOLightningModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         optimiser = ClippedAdam(self.vae.parameters(), lr=self.config.lr, clip_norm=CLIP_NORM)
         schedule = torch.optim.lr_scheduler.LambdaLR(  # per epoch, as in single-process training
-            optimiser, lambda epoch: lr_factor(self.config.lr_schedule, epoch, self.config.epochs)
+            optimiser,
+            lambda epoch: lr_factor(
+                self.config.lr_schedule,
+                min(self.config.start_epoch + epoch, self.config.epochs - 1),
+                self.config.epochs,
+            ),
         )
         return {
             "optimizer": optimiser,
@@ -359,7 +365,7 @@ def train_distributed(
                     devices=devices,
                     num_nodes=num_nodes,
                     strategy=strategy or choose_strategy(devices, num_nodes),
-                    max_epochs=config.epochs,
+                    max_epochs=config.epochs_to_train - config.start_epoch,
                     accumulate_grad_batches=accumulate_grad_batches,
                     enable_checkpointing=False,
                     logger=False,

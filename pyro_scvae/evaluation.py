@@ -133,3 +133,54 @@ def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
     return fig
+
+
+def risk_coverage(truth: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]):
+    """Accuracy of the calls kept against the fraction of cells left unassigned.
+
+    Cells are ranked by confidence (largest probability); leaving the ``k`` least
+    confident unassigned, for every ``k``, gives one point per threshold.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(unassigned fraction, accuracy of the calls kept, threshold)``, one entry per
+        number of cells kept, from all cells kept to one.
+    """
+    truth = np.asarray(truth, dtype=object)
+    confidence = probabilities.max(1)  # [cells]
+    correct = np.asarray(classes, dtype=object)[probabilities.argmax(1)] == truth
+    order = np.argsort(-confidence, kind="stable")  # most confident first
+    kept = np.arange(1, len(order) + 1)
+    accuracy = np.cumsum(correct[order]) / kept
+    unassigned = 1 - kept / len(order)
+    return unassigned[::-1], accuracy[::-1], confidence[order][::-1]
+
+
+def plot_risk_coverage(
+    truth: Sequence[str],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """How accurate the calls that are kept are, for every ``--min-confidence`` threshold.
+
+    The x axis is the fraction of cells a threshold leaves ``Unassigned``; marked points
+    give the thresholds 0.5, 0.7 and 0.9.
+    """
+    unassigned, accuracy, threshold = risk_coverage(truth, probabilities, classes)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(unassigned, accuracy, color="C0")
+    for value, marker in ((0.5, "o"), (0.7, "s"), (0.9, "^")):
+        below = threshold < value
+        index = int(below.sum()) if below.any() else 0
+        index = min(index, len(accuracy) - 1)
+        ax.plot(unassigned[index], accuracy[index], marker, color="C1", label=f"≥ {value}")
+    ax.set(
+        xlabel="fraction of cells left Unassigned",
+        ylabel="accuracy of the calls kept",
+        title=f"Risk–coverage on held-out labelled cells (n={len(accuracy)})",
+        xlim=(-0.02, 1.0),
+    )
+    ax.legend(title="min. confidence", fontsize=8)
+    return _finish(fig, path)

@@ -1,8 +1,10 @@
 """``python -m pyro_scvae.fit``: train on an AnnData file and annotate its cells.
 
 With no arguments it trains on the embedded default data (scanpy's ``pbmc68k_reduced``
-with its exact counts, labels ``bulk_labels``), hides 20 % of the labels, reports the
-accuracy on them and writes everything to ``./pyro_scvae_out/``.
+with its exact counts, labels ``bulk_labels``) and writes everything to
+``./pyro_scvae_out/``. A tenth of the labels is held out in a first fit (honest held-out
+metrics, the stopping epoch, the calibration); then every label is learnt
+(:mod:`pyro_scvae.fitting`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pyro_scvae import cli
-from pyro_scvae.config import LR_SCHEDULES, ModelConfig, defaults
+from pyro_scvae.config import LR_SCHEDULES, REFIT_MODES, ModelConfig, TrainingConfig, defaults
 
 DEFAULT_LABELS_KEY = "bulk_labels"  # the labels of the embedded pbmc68k_reduced data
 #: Options of ``PyroSCVAE(...)`` offered as flags (``--n-latent`` …): the argument parser's
@@ -91,6 +93,7 @@ def build_parser() -> cli.ArgumentParser:
         "chunks. The counts must be in .X, stored CSR",
     )
     model_defaults = defaults(ModelConfig)
+    training_defaults = defaults(TrainingConfig)
     model = parser.add_argument_group("model (see MODEL.md)")
     for name, (kind, help_text) in MODEL_OPTIONS.items():
         default = model_defaults[name]
@@ -107,30 +110,34 @@ def build_parser() -> cli.ArgumentParser:
     training.add_argument(
         "--epochs",
         type=cli.positive_int,
-        help="passes over the data (default: chosen from the number of cells)",
+        help="length of the training schedule in passes over the data; the first fit may "
+        "stop earlier (default: chosen from the number of cells)",
     )
     training.add_argument(
         "--batch-size",
         type=cli.positive_int,
-        default=512,
-        help="cells per minibatch (default: 512, chosen on the benchmark tasks)",
+        default=training_defaults["batch_size"],
+        help="cells per minibatch (default: %(default)s, chosen on the benchmark tasks)",
     )
     training.add_argument(
-        "--lr", type=cli.positive_float, default=3e-3, help="learning rate of Adam (default: 0.003)"
+        "--lr",
+        type=cli.positive_float,
+        default=training_defaults["lr"],
+        help="learning rate of Adam (default: %(default)s)",
     )
     training.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
-        default="constant",
+        default=training_defaults["lr_schedule"],
         help="learning rate over the epochs: constant, or cosine decay towards 0 "
         "(default: constant)",
     )
     training.add_argument(
         "--kl-warmup",
-        type=float,
-        default=0.5,
+        type=cli.probability,
+        default=training_defaults["kl_warmup"],
         help="fraction of the epochs over which the weight of the KL terms of y, z2 and l "
-        "rises from 0 to 1 (scvi-tools' KL warm-up; 0: none; default: 0.5)",
+        "rises from 0 to 1 (scvi-tools' KL warm-up; 0: none; default: %(default)s)",
     )
     training.add_argument(
         "--seed",
@@ -166,12 +173,51 @@ def build_parser() -> cli.ArgumentParser:
         help="machines taking part in DDP training, each running --devices processes; "
         "see the README for the environment variables (default: 1)",
     )
-    training.add_argument(
+    labels = parser.add_argument_group(
+        "use of the labels (a first fit with some labels held out chooses the epoch and "
+        "calibrates; then every label is learnt)"
+    )
+    labels.add_argument(
         "--validation-fraction",
         type=cli.fraction,
-        default=0.2,
-        help="fraction of labelled cells hidden from training to report "
-        "accuracy and F1 on (default: 0.2)",
+        default=training_defaults["validation_fraction"],
+        help="fraction of labelled cells whose labels the first fit hides, for honest "
+        "held-out metrics, the stopping epoch and the calibration; 0 trains once on every "
+        "label for --epochs, uncalibrated (default: %(default)s)",
+    )
+    labels.add_argument(
+        "--early-stopping",
+        action=argparse.BooleanOptionalAction,
+        default=training_defaults["early_stopping"],
+        help="stop the first fit when the held-out cells' calibrated log-likelihood has not "
+        "improved for --patience epochs (default: on)",
+    )
+    labels.add_argument(
+        "--patience",
+        type=cli.positive_int,
+        help="epochs without improvement before stopping, and the epochs of --refit "
+        "continue (default: a tenth of the epochs, at least 10)",
+    )
+    labels.add_argument(
+        "--refit",
+        choices=REFIT_MODES,
+        default=training_defaults["refit"],
+        help="how the held-out labels join: continue (train on from the best epoch with "
+        "every label for --patience epochs), full (train again from the start on every "
+        "label) or none (default: %(default)s)",
+    )
+    labels.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=training_defaults["calibrate"],
+        help="temperature-scale the class probabilities on the held-out cells (default: on)",
+    )
+    labels.add_argument(
+        "--labelled-share",
+        type=cli.fraction,
+        default=training_defaults["labelled_share"],
+        help="least share of each epoch's minibatches that are labelled; labelled cells are "
+        "passed over again as needed (default: %(default)s)",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -236,6 +282,11 @@ def run(args) -> None:
         kl_warmup=args.kl_warmup,
         device=args.device,
         validation_fraction=args.validation_fraction,
+        early_stopping=args.early_stopping,
+        patience=args.patience,
+        refit=args.refit,
+        calibrate=args.calibrate,
+        labelled_share=args.labelled_share,
         progress=not args.quiet,
         devices=args.devices,
         accelerator=args.accelerator,

@@ -172,6 +172,6 @@ class HierarchicalVAE(nn.Module):
     def encode(
         self, x: torch.Tensor, batch: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean of z₁ and the class probabilities q(y | z₁) at that mean."""
+        """Posterior mean of z₁ and the classifier's logits of q(y | z₁) at that mean."""
         z1_loc = self.encode_x(x, self.batch_inputs(x, batch))[0]  # [batch, d]
-        return z1_loc, torch.softmax(self.classifier(z1_loc), dim=-1)  # [batch, d], [batch, K]
+        return z1_loc, self.classifier(z1_loc)  # [batch, d], [batch, K]

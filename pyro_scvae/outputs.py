@@ -19,7 +19,14 @@ import pandas as pd
 
 from pyro_scvae.api import PyroSCVAE
 from pyro_scvae.data import write_h5ad_rows
-from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_embedding, umap_coordinates
+from pyro_scvae.evaluation import (
+    plot_confusion,
+    plot_elbo,
+    plot_embedding,
+    plot_risk_coverage,
+    umap_coordinates,
+)
+from pyro_scvae.persistence import selection_summary
 from pyro_scvae.training import warmup_epochs
 
 #: Largest number of cells drawn in the UMAP plot (a random subset beyond it).
@@ -98,12 +105,15 @@ def write_outputs(
     history = model.history
     metrics = {
         "epochs": len(history.elbo),
+        "epochs_trained": model.epochs_trained,  # both fits together
         "final_elbo_per_cell": history.elbo[-1],
         "train_seconds": model.train_seconds,
-        "cells_per_second": len(history.elbo) * training_adata.n_obs / model.train_seconds,
+        "cells_per_second": model.epochs_trained * training_adata.n_obs / model.train_seconds,
         "n_cells": training_adata.n_obs,
         "n_genes": training_adata.n_vars,
         "validation": model.validation_metrics,
+        "temperature": model.temperature,
+        "selection": selection_summary(model),
     }
     if model.distributed_run is not None:  # trained through Lightning
         metrics["distributed"] = {
@@ -115,18 +125,17 @@ def write_outputs(
     config = model.training_config
     warmup = warmup_epochs(config.kl_warmup, config.epochs)
     plot_elbo(history.elbo, out / "elbo.png", warmup_epochs=warmup)
-    if model.validation_metrics is not None:
+    if model.selection is not None:  # the first fit's calls: it never saw these labels
         cells = model.validation_cells
         truth = np.array(model.classes)[model.data.labels[cells]]
-        # A backed AnnData allows one level of view: index the file's AnnData by name.
-        validation = adata[training_adata.obs_names[cells]] if adata.isbacked else None
-        predicted = model.predict(validation if adata.isbacked else training_adata[cells])
+        probabilities = model.selection.probabilities  # [held-out cells, K], calibrated
         plot_confusion(
             truth,
-            predicted,
+            np.array(model.classes)[probabilities.argmax(1)],
             out / "confusion.png",
-            title=f"Held-out labelled cells (n={len(cells)})",
+            title=f"Held-out labelled cells (n={len(cells)}), first fit",
         )
+        plot_risk_coverage(truth, probabilities, model.classes, out / "risk_coverage.png")
     latent = adata.obsm["X_pyro_scvae"]
     shown = np.random.default_rng(args.seed).permutation(adata.n_obs)[:MAX_UMAP_CELLS]
     plot_embedding(

@@ -50,10 +50,26 @@ def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False)
         "batch_categories": model.batch_categories,
         "setup": model.setup,
         "seed": model.seed,
+        "calibration": {"temperature": model.temperature},
+        "selection": selection_summary(model),
         "training": None if model.training_config is None else model.training_config.to_dict(),
         "history": None if model.history is None else asdict(model.history),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+
+
+def selection_summary(model: PyroSCVAE) -> dict | None:
+    """What the first fit chose (:class:`~pyro_scvae.fitting.Selection`), without its history."""
+    selection = getattr(model, "selection", None)
+    if selection is None:
+        return None
+    return {
+        "best_epoch": selection.best_epoch,
+        "stopped_epoch": selection.stopped_epoch,
+        "temperature": selection.temperature,
+        "scores": selection.scores,
+        "seconds": selection.seconds,
+    }
 
 
 def load_model(cls: type[PyroSCVAE], directory: str | Path, device: str = "auto") -> PyroSCVAE:
@@ -77,6 +93,7 @@ def load_model(cls: type[PyroSCVAE], directory: str | Path, device: str = "auto"
     model.batch_categories = config["batch_categories"]
     model.setup = config["setup"]
     model.seed = config["seed"]
+    model.temperature = float(config.get("calibration", {}).get("temperature", 1.0))
     model.training_config = config["training"] and TrainingConfig(**config["training"])
     model.history = config["history"] and History(**config["history"])
     model.adata = None
@@ -92,6 +109,7 @@ def load_model(cls: type[PyroSCVAE], directory: str | Path, device: str = "auto"
     model.module.to(resolve_device(device)).eval()
     model.validation_cells = np.array([], dtype=np.int64)
     model.validation_metrics = None
+    model.selection = None
     model.train_seconds = None
     model.distributed_run = None
     return model

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,11 +175,25 @@ class Stepper:
         return self.compiled.step(*args)
 
 
-def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> History:
+def train(
+    vae: HierarchicalVAE,
+    data: CellData,
+    config: TrainingConfig,
+    on_epoch_end: Callable[[int, History], bool] | None = None,
+    description: str = "training",
+) -> History:
     """Fit ``vae`` to ``data`` in place; returns the per-epoch history.
 
     Parameters live in a private Pyro parameter store for the duration of the run, so
     training one model never disturbs another.
+
+    Parameters
+    ----------
+    on_epoch_end
+        Called with the 0-based epoch and the history so far after each epoch (with the
+        module in eval mode, so that evaluating it draws no random numbers and leaves the
+        training trajectory unchanged); training stops when it returns True (see
+        :mod:`pyro_scvae.selection`).
     """
     device = resolve_device(config.device)
     pyro.set_rng_seed(config.seed)
@@ -192,24 +207,36 @@ def train(vae: HierarchicalVAE, data: CellData, config: TrainingConfig) -> Histo
         warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites", UserWarning)
         stepper = Stepper(vae, config.lr, config.batch_size if config.jit else None)
         epochs = tqdm(
-            range(config.epochs), desc="training", unit="epoch", disable=not config.progress
+            range(config.start_epoch, config.epochs_to_train),
+            desc=description,
+            unit="epoch",
+            disable=not config.progress,
         )
         for epoch in epochs:
             stepper.optimiser.set_lr(
-                config.lr * lr_factor(config.lr_schedule, epoch, config.epochs)
+                config.lr
+                * lr_factor(config.lr_schedule, min(epoch, config.epochs - 1), config.epochs)
             )
             stepper.set_kl_weight(kl_weight(config.kl_warmup, epoch, config.epochs))
             start = time.perf_counter()
             total_loss = 0.0
-            for index, labelled in minibatches(data.labels, config.batch_size, rng):
+            for index, labelled in minibatches(
+                data.labels, config.batch_size, rng, labelled_share=config.labelled_share
+            ):
                 total_loss += stepper.step(*data.tensors(index, device, labelled))
             history.epoch_seconds.append(time.perf_counter() - start)
-            history.elbo.append(-total_loss / data.n_cells)
+            history.elbo.append(-total_loss / data.n_cells)  # per cell (labelled re-passes incl.)
             if not np.isfinite(total_loss):
                 raise InputError(
                     f"training diverged in epoch {len(history.elbo)} (the ELBO is not finite); "
                     "try a lower learning rate (--lr)"
                 )
             epochs.set_postfix(elbo=f"{history.elbo[-1]:.1f}")
+            if on_epoch_end is not None:
+                vae.eval()
+                stop = on_epoch_end(epoch, history)
+                vae.train()
+                if stop:
+                    break
     vae.eval()
     return history

@@ -391,9 +391,14 @@ def test_default_run_on_embedded_data(tmp_path):
     assert "Traceback" not in result.stderr
     assert "700 cells × 765 genes, 10 classes" in result.stdout
     metrics = json.loads((tmp_path / "pyro_scvae_out" / "metrics.json").read_text())
-    assert metrics["validation"]["n_cells"] == pytest.approx(0.2 * 700, abs=10)
+    assert metrics["validation"]["n_cells"] == pytest.approx(0.1 * 700, abs=10)
     assert metrics["validation"]["accuracy"] > 0.7  # logistic regression reaches about 0.84
-    assert "training:" in result.stderr  # the progress bar
+    assert metrics["temperature"] > 1.0  # the held-out cells calibrated an over-confident model
+    assert metrics["epochs_trained"] > metrics["selection"]["best_epoch"] > 0
+    for name in ("confusion.png", "risk_coverage.png", "elbo.png", "umap.png"):
+        assert (tmp_path / "pyro_scvae_out" / name).stat().st_size > 0
+    assert "training (labels held out):" in result.stderr  # the progress bars
+    assert "training (all labels):" in result.stderr
 
 
 def test_bad_option_from_the_shell_has_no_traceback(tmp_path):

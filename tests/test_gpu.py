@@ -68,14 +68,14 @@ def test_the_encoder_is_the_same_function_on_both_devices(trained_on_gpu, cells)
     x = torch.from_numpy(trained_on_gpu.data.counts[:200].toarray())  # [200, G]
     batch = torch.from_numpy(trained_on_gpu.data.batches[:200])  # [200]
     with torch.no_grad():
-        z1_gpu, probs_gpu = module.encode(x.cuda(), batch.cuda())  # [200, d], [200, K]
+        z1_gpu, logits_gpu = module.encode(x.cuda(), batch.cuda())  # [200, d], [200, K]
         module.cpu()
         try:
-            z1_cpu, probs_cpu = module.encode(x, batch)
+            z1_cpu, logits_cpu = module.encode(x, batch)
         finally:
             module.cuda()
     torch.testing.assert_close(z1_gpu.cpu(), z1_cpu, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(probs_gpu.cpu(), probs_cpu, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits_gpu.cpu(), logits_cpu, rtol=1e-4, atol=1e-5)
 
 
 def test_a_seeded_gpu_fit_repeats(cells):
