@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import os
 import time
@@ -512,6 +513,66 @@ def fit_predict_pyro_scvae(
     return proba, info
 
 
+def fit_predict_pyro_scvae_cli(
+    adata: ad.AnnData, seed: int, *, epochs: int | None = None
+) -> MethodResult:
+    """pyro_scvae as a user of the command line gets it: ``python -m pyro_scvae.fit``.
+
+    The task's cells are written to an ``.h5ad`` file whose training-label column is
+    empty for the query cells, and the command runs with its own defaults (``--seed``,
+    ``--batch-key batch`` where the task has batches, ``--quiet``), in a fresh process,
+    so ``train_s`` includes starting Python and importing the libraries, as a user waits
+    for them. Probabilities are read from its ``predictions.csv``.
+
+    Parameters
+    ----------
+    adata, seed
+        See the module docstring.
+    epochs
+        ``--epochs`` (``None``: the command's default).
+
+    Returns
+    -------
+    tuple
+        Query-cell probabilities (the ``prob:<class>`` columns) and timings.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    data = with_training_labels(adata, np.nan)
+    data.obs[TRAIN_LABEL_KEY] = pd.Categorical(data.obs[TRAIN_LABEL_KEY])
+    _, query = _split(data)
+    info: Info = {"epochs": epochs}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "cells.h5ad"
+        columns = [TRAIN_LABEL_KEY] + (["batch"] if _batch_key(data) else [])
+        var = pd.DataFrame(index=data.var_names)
+        ad.AnnData(X=data.X, obs=data.obs[columns], var=var).write_h5ad(path)
+        out = Path(folder) / "out"
+        command = [sys.executable, "-m", "pyro_scvae.fit", "--adata", str(path)]
+        command += ["--labels-key", TRAIN_LABEL_KEY, "--seed", str(seed), "--out", str(out)]
+        command += ["--quiet", "--device", pyro_device()]
+        if _batch_key(data) is not None:
+            command += ["--batch-key", "batch"]
+        if epochs is not None:
+            command += ["--epochs", str(epochs)]
+        info["command"] = " ".join(command[1:])
+        with _timer(info, "train_s"):
+            result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"pyro_scvae.fit failed: {result.stderr.strip()[-2000:]}")
+        with _timer(info, "predict_s"):  # reading the written calls; the command did the rest
+            table = pd.read_csv(out / "predictions.csv", index_col=0)
+        metrics = json.loads((out / "metrics.json").read_text())
+    proba = table.filter(like="prob:").rename(columns=lambda c: c[len("prob:") :])
+    proba.index = proba.index.astype(str)
+    info["epochs"] = metrics.get("epochs")
+    info["fit_metrics"] = {k: metrics[k] for k in ("train_seconds", "n_genes") if k in metrics}
+    return proba.loc[data.obs_names[query]], info
+
+
 def epoch_seconds(model: object) -> list[float] | None:
     """Seconds per training epoch that a pyro_scvae model recorded, if it did.
 
@@ -536,6 +597,7 @@ def epoch_seconds(model: object) -> list[float] | None:
 #: Every method, keyed by its name in the results.
 METHODS: dict[str, Method] = {
     "pyro_scvae": fit_predict_pyro_scvae,
+    "pyro_scvae_cli": fit_predict_pyro_scvae_cli,
     "scanvi_recipe": fit_predict_scanvi_recipe,
     "scanvi_direct": fit_predict_scanvi_direct,
     "celltypist": fit_predict_celltypist,
@@ -544,4 +606,4 @@ METHODS: dict[str, Method] = {
 }
 
 #: Methods with a number of training epochs.
-NEURAL_METHODS = frozenset({"pyro_scvae", "scanvi_recipe", "scanvi_direct"})
+NEURAL_METHODS = frozenset({"pyro_scvae", "pyro_scvae_cli", "scanvi_recipe", "scanvi_direct"})

@@ -125,6 +125,26 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     # eleventh round: T2, where SCANVI's recipe leads over seven seeds
     "triple_epochs": {"init": {}, "fit": {"epoch_scale": 3.0}},
     "alpha10": {"init": {"alpha": 10.0}, "fit": {}},
+    # twelfth round: how the labels are used (every label learnt, early stopping,
+    # calibration), with the command line's 2,000 highly variable genes
+    "old_python": {"init": {}, "fit": {"validation_fraction": 0.0}, "n_top_genes": 2000},
+    "old_cli": {
+        "init": {},
+        "fit": {"validation_fraction": 0.2, "early_stopping": False, "refit": "none"},
+        "n_top_genes": 2000,
+    },
+    "es_continue": {"init": {}, "fit": {"refit": "continue"}, "n_top_genes": 2000},
+    "es_full": {"init": {}, "fit": {"refit": "full"}, "n_top_genes": 2000},
+    "fixed_continue": {
+        "init": {},
+        "fit": {"refit": "continue", "early_stopping": False},
+        "n_top_genes": 2000,
+    },
+    "es_continue_share": {
+        "init": {},
+        "fit": {"refit": "continue", "labelled_share": 0.5},
+        "n_top_genes": 2000,
+    },
 }
 
 
@@ -149,6 +169,10 @@ def run_one(config: dict[str, dict[str, Any]], task: str, seed: int, data_dir: s
 
     built = build_task(task, seed, data_dir=data_dir)
     data = with_training_labels(built.adata, np.nan)
+    if config.get("n_top_genes"):  # as the command line chooses its genes
+        from pyro_scvae.preprocess import select_genes
+
+        data = select_genes(data, config["n_top_genes"], None)
     _, query = _split(data)
     setup_pyro_scvae(data)
     fit_kwargs = dict(config["fit"])
@@ -166,11 +190,17 @@ def run_one(config: dict[str, dict[str, Any]], task: str, seed: int, data_dir: s
         posterior_probabilities(model, np.flatnonzero(query), seed), columns=proba.columns
     )
     result_mc = score(truth, sampled)
+    selection = getattr(model, "selection", None)
     return {
         "task": task,
         "seed": seed,
         "train_s": seconds,
         "epochs": len(model.history.elbo),
+        "epochs_trained": getattr(model, "epochs_trained", len(model.history.elbo)),
+        "best_epoch": None if selection is None else selection.best_epoch,
+        "temperature": getattr(model, "temperature", 1.0),
+        "validation_macro_f1": (model.validation_metrics or {}).get("macro_f1"),
+        "n_genes": int(data.n_vars),
         **{k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "ece")},
         "per_class_f1": result.get("per_class_f1"),
         "macro_f1_mc": result_mc["macro_f1"],

@@ -25,7 +25,7 @@ from benchmarks.tasks import TASKS, TASKS_NEEDING_DATA, build_task, data_availab
 from benchmarks.tasks import load_pbmc68k_counts as benchmark_loader
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["logreg", "knn", "pyro_scvae"]
+METHODS = ["logreg", "knn", "pyro_scvae", "pyro_scvae_cli"]
 
 
 @pytest.mark.slow
@@ -57,7 +57,12 @@ def test_quick_mode_runs_on_tiny_t4(tmp_path):
         "pyro_scvae_jit",
         "scanvi",
     }
-    assert "- training throughput ≥ 1.5× SCANVI's at batch size 128:" in markdown
+    assert "- training throughput ≥ 2× SCANVI's at batch size 128:" in markdown
+    for method in ("pyro_scvae_cli", "pyro_scvae"):  # each path of the package, checked
+        assert f"- **{method}**" in markdown
+    assert "  - macro-F1 ≥ logreg on every task: **" in markdown
+    cli = next(r for r in runs if r["method"] == "pyro_scvae_cli")
+    assert cli["info"]["epochs"] >= 1 and "pyro_scvae.fit" in cli["info"]["command"]
     assert results["meta"]["machine"]["logical_cores"] >= 1
     assert results["meta"]["accelerator"] == "cpu"
     assert results["meta"]["jobs"] == 2 and "in a fresh child process, 2 at a time;" in markdown
