@@ -19,7 +19,7 @@ import pandas as pd
 
 from pyro_scvae.api import PyroSCVAE
 from pyro_scvae.data import write_h5ad_rows
-from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_embedding, umap_coordinates
+from pyro_scvae.evaluation import plot_confusion, plot_elbo, plot_umap, umap_coordinates
 from pyro_scvae.training import warmup_epochs
 
 #: Largest number of cells drawn in the UMAP plot (a random subset beyond it).
@@ -129,11 +129,15 @@ def write_outputs(
         )
     latent = adata.obsm["X_pyro_scvae"]
     shown = np.random.default_rng(args.seed).permutation(adata.n_obs)[:MAX_UMAP_CELLS]
-    plot_embedding(
+    obs, setup = adata.obs.iloc[shown], model.setup
+    plot_umap(
         umap_coordinates(latent[shown], seed=args.seed),
-        adata.obs["pyro_scvae_prediction"].to_numpy()[shown],
-        out / "umap.png",
-        title="UMAP of the latent z₁, coloured by predicted type",
+        obs["pyro_scvae_prediction"].to_numpy(),
+        confidence=obs["pyro_scvae_confidence"].to_numpy(),
+        batch=obs[setup["batch_key"]].to_numpy() if setup["batch_key"] else None,
+        labels=obs[setup["labels_key"]].to_numpy(),
+        unlabeled_category=setup["unlabeled_category"],
+        path=out / "umap.png",
     )
     return metrics
 
