@@ -56,7 +56,7 @@ def classification_metrics(
 def expected_calibration_error(
     correct: np.ndarray, confidence: np.ndarray, n_bins: int = 15
 ) -> float:
-    """Σ_bins (cells in bin / cells) · |accuracy − mean confidence| over equal-width bins."""
+    """``Σ_bins (cells in bin / cells) · |accuracy − mean confidence|`` over equal-width bins."""
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
     error = 0.0
     for b in np.unique(bins):
