@@ -1,16 +1,17 @@
-# `make demo` and `make test` set up .venv (if missing or stale) and run the main job or the tests.
+# `make demo`, `make test` and `make docs` set up .venv (if missing or stale) and run the main
+# job, the tests or the documentation build (docs/_build/html, every warning an error).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format benchmark benchmark-quick clean
+.PHONY: demo test docs lint format benchmark benchmark-quick clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +24,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+docs: $(STAMP)  # the notebooks are shown with their committed outputs, not executed
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -34,4 +38,4 @@ benchmark-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf pyro_scvae_out .pytest_cache .ruff_cache
+	rm -rf pyro_scvae_out .pytest_cache .ruff_cache docs/_build docs/generated

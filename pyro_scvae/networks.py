@@ -2,9 +2,9 @@
 
 Each network is named for the distribution it parameterises (see MODEL.md):
 
-==================  ===========================  =========================
+=================== ===========================  =========================
 network             distribution                 inputs
-==================  ===========================  =========================
+=================== ===========================  =========================
 ``x_encoder``       q(z₁ | x)       (Normal)      log1p(x) [, batch when
                                                   ``encode_batch``]
 ``library_encoder`` q(l | x)        (LogNormal)   the same as ``x_encoder``
@@ -12,7 +12,7 @@ network             distribution                 inputs
 ``z2_encoder``      q(z₂ | z₁, y)   (Normal)      z₁, one-hot y
 ``z1_decoder``      p(z₁ | z₂, y)   (Normal)      z₂, one-hot y
 ``x_decoder``       p(x | z₁, l)    (ZINB)        z₁ [, batch]
-==================  ===========================  =========================
+=================== ===========================  =========================
 
 q(l|x) has an encoder of its own, as in scvi-tools. With
 ``separate_library_encoder=False`` there is no ``library_encoder``: q(z₁|x) and q(l|x)

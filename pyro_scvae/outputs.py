@@ -22,8 +22,8 @@ from pyro_scvae.data import write_h5ad_rows
 from pyro_scvae.evaluation import (
     plot_confusion,
     plot_elbo,
-    plot_embedding,
     plot_risk_coverage,
+    plot_umap,
     umap_coordinates,
 )
 from pyro_scvae.persistence import selection_summary
@@ -138,11 +138,15 @@ def write_outputs(
         plot_risk_coverage(truth, probabilities, model.classes, out / "risk_coverage.png")
     latent = adata.obsm["X_pyro_scvae"]
     shown = np.random.default_rng(args.seed).permutation(adata.n_obs)[:MAX_UMAP_CELLS]
-    plot_embedding(
+    obs, setup = adata.obs.iloc[shown], model.setup
+    plot_umap(
         umap_coordinates(latent[shown], seed=args.seed),
-        adata.obs["pyro_scvae_prediction"].to_numpy()[shown],
-        out / "umap.png",
-        title="UMAP of the latent z₁, coloured by predicted type",
+        obs["pyro_scvae_prediction"].to_numpy(),
+        confidence=obs["pyro_scvae_confidence"].to_numpy(),
+        batch=obs[setup["batch_key"]].to_numpy() if setup["batch_key"] else None,
+        labels=obs[setup["labels_key"]].to_numpy(),
+        unlabeled_category=setup["unlabeled_category"],
+        path=out / "umap.png",
     )
     return metrics
 
