@@ -176,13 +176,24 @@ class BackedCounts:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_file"] = state["_x"] = None  # h5py handles do not pickle; reopened on use
+        state.pop("_mapped", None)  # nor do memory maps
         return state
 
     def _read_file_rows(self, sorted_rows: np.ndarray) -> sp.csr_matrix:
         """CSR of the file rows ``sorted_rows`` (increasing, unique), all file genes."""
         if len(sorted_rows) == 0:
             return sp.csr_matrix((0, self.file_shape[1]), dtype=np.float32)
+        mapped = self._mapped_csr()
+        if mapped is not None:
+            return mapped.rows(sorted_rows)
         return sp.csr_matrix(read_rows(self._dataset(), sorted_rows), dtype=np.float32)
+
+    def _mapped_csr(self) -> MappedCSR | None:
+        """The file's CSR ``X`` memory-mapped, where it is stored uncompressed (else None)."""
+        if not hasattr(self, "_mapped"):
+            x = self._dataset()
+            self._mapped = None if isinstance(x, h5py.Dataset) else MappedCSR.open(self.path)
+        return self._mapped
 
     # ------------------------------------------------------------------ matrix-like
     @property
@@ -244,6 +255,87 @@ class BackedCounts:
         if self.selection is not None:
             selection = sp.csr_matrix(self.selection @ selection)
         return BackedCounts(self.path, self.rows, selection)
+
+
+class MappedCSR:
+    """A CSR matrix in an ``.h5ad`` file, read through a memory map instead of HDF5.
+
+    Random rows through h5py cost two HDF5 reads per row, each of which copies a whole
+    HDF5 chunk of ``data`` or ``indices`` (tens of kilobytes for a few hundred counts):
+    about 10,000 cells/s, slower than training (``benchmarks/speed.md``). Where ``data``
+    and ``indices`` are stored without compression or other filters (anndata's default),
+    their bytes lie in the file as they are, chunk by chunk: this class finds where each
+    chunk starts (``get_chunk_info``), maps the file into memory, and gathers the entries
+    of the rows asked for with numpy. The operating system reads only the pages touched
+    and keeps them cached. The rows are those h5py reads, bit for bit
+    (``tests/test_backed.py``). ``indptr`` is read into memory once (8 bytes per cell).
+    """
+
+    def __init__(self, path: str, shape: tuple[int, int], indptr: np.ndarray, parts: dict):
+        self.path, self.shape, self.indptr, self.parts = path, shape, indptr, parts
+
+    @classmethod
+    def open(cls, path: str) -> MappedCSR | None:
+        """The mapping of ``path``'s ``X``, or None where it is compressed, filtered or odd."""
+        import mmap
+
+        with h5py.File(path, "r") as file:
+            group = file["X"]
+            shape = tuple(int(n) for n in group.attrs["shape"])
+            layout = {name: _raw_layout(group[name]) for name in ("data", "indices")}
+            if any(v is None for v in layout.values()):
+                return None
+            indptr = group["indptr"][:].astype(np.int64)
+        with open(path, "rb") as handle:
+            memory = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        parts = {}
+        for name, (dtype, chunk, offsets) in layout.items():
+            words = np.frombuffer(memory, dtype=dtype, count=len(memory) // dtype.itemsize)
+            parts[name] = (words, chunk, offsets // dtype.itemsize)  # offsets in elements
+        return cls(path, shape, indptr, parts)
+
+    def _gather(self, name: str, positions: np.ndarray) -> np.ndarray:
+        words, chunk, starts = self.parts[name]
+        if chunk is None:  # contiguous storage: one block
+            return words[starts[0] + positions]
+        return words[starts[positions // chunk] + positions % chunk]  # [n]
+
+    def rows(self, sorted_rows: np.ndarray) -> sp.csr_matrix:
+        """Float32 CSR of the rows ``sorted_rows``, all genes."""
+        starts, stops = self.indptr[sorted_rows], self.indptr[sorted_rows + 1]  # [rows] each
+        counts = stops - starts
+        indptr = np.zeros(len(sorted_rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        positions = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])  # [nnz]
+        data = self._gather("data", positions).astype(np.float32, copy=False)
+        indices = self._gather("indices", positions)
+        return sp.csr_matrix((data, indices, indptr), shape=(len(sorted_rows), self.shape[1]))
+
+
+def _raw_layout(dataset: h5py.Dataset) -> tuple[np.dtype, int | None, np.ndarray] | None:
+    """(dtype, chunk length or None, byte offset of each chunk in order) of an unfiltered,
+    aligned, little-endian 1-D dataset; None where its bytes cannot be read directly."""
+    dtype = dataset.dtype
+    if dataset.ndim != 1 or dtype.kind not in "fiu" or dtype.byteorder == ">":
+        return None
+    if dataset.chunks is None:
+        offset = dataset.id.get_offset()
+        if offset is None:  # never written
+            return None
+        offsets = np.array([offset], dtype=np.int64)
+        chunk = None
+    else:
+        if dataset.compression is not None or dataset.shuffle or dataset.fletcher32:
+            return None
+        chunk = dataset.chunks[0]
+        infos = [dataset.id.get_chunk_info(k) for k in range(dataset.id.get_num_chunks())]
+        if len(infos) * chunk < dataset.shape[0] or any(i.filter_mask for i in infos):
+            return None
+        infos.sort(key=lambda info: info.chunk_offset[0])
+        offsets = np.array([info.byte_offset for info in infos], dtype=np.int64)
+    if np.any(offsets % dtype.itemsize):
+        return None
+    return np.dtype(dtype).newbyteorder("="), chunk, offsets
 
 
 def read_rows(x, sorted_rows: np.ndarray) -> sp.csr_matrix | np.ndarray:

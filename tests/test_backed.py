@@ -310,3 +310,39 @@ def test_write_h5ad_rows_writes_what_memory_writes(tmp_path, small_chunks):
         np.testing.assert_array_equal(written.obsm["coords"], expected.obsm["coords"])
         assert same(written.layers["counts"], expected.layers["counts"])
         assert written.uns["note"] == expected.uns["note"] == {"a": 1}
+
+
+def test_uncompressed_files_are_read_through_a_memory_map_with_h5pys_rows(h5ad_file, tmp_path):
+    """The memory-mapped reader gives h5py's rows bit for bit; compressed files use h5py."""
+    from pyro_scvae.data import MappedCSR, read_rows
+
+    reference = count_matrix(ad.read_h5ad(h5ad_file))
+    mapped = MappedCSR.open(str(h5ad_file))
+    assert mapped is not None  # anndata writes .X uncompressed by default
+    rows = np.sort(np.random.default_rng(1).choice(N_CELLS, 90, replace=False))
+    with h5py_file(h5ad_file) as x:
+        through_h5py = sp.csr_matrix(read_rows(x, rows), dtype=np.float32)
+    assert same(mapped.rows(rows), through_h5py) and same(mapped.rows(rows), reference[rows])
+    counts = count_matrix(ad.read_h5ad(h5ad_file, backed="r"))
+    assert same(counts[rows[::-1]], reference[rows[::-1]])
+    assert counts._mapped_csr() is not None
+
+    compressed = tmp_path / "gzip.h5ad"
+    ad.read_h5ad(h5ad_file).write_h5ad(compressed, compression="gzip")
+    assert MappedCSR.open(str(compressed)) is None
+    counts = count_matrix(ad.read_h5ad(compressed, backed="r"))
+    assert counts._mapped_csr() is None and same(counts[rows], reference[rows])
+
+
+def h5py_file(path):
+    """anndata's backed CSR dataset of ``path``'s ``X``, in a context that closes the file."""
+    import contextlib
+
+    import h5py
+
+    @contextlib.contextmanager
+    def opened():
+        with h5py.File(path, "r") as file:
+            yield ad.io.sparse_dataset(file["X"])
+
+    return opened()
