@@ -6,8 +6,15 @@ repetitions alternate pyro_scvae, pyro_scvae with ``jit=True``, SCANVI, pyro_scv
 each a fresh model trained for a few epochs. Epoch times come from pyro_scvae's
 ``history.epoch_seconds`` and, for SCANVI, from a Lightning callback around each training
 epoch; the first epoch of each fit (warm-up) is dropped and throughput is cells per epoch
-over the median epoch time.
+over the median epoch time. On a machine shared with other work, wall time also counts
+the waits for a core; so every record also has ``cpu_cells_per_s``, from the CPU time of
+the process in each epoch (both methods train in one thread: ``OMP_NUM_THREADS=1``), which
+measures the work itself.
 Both train on all cells (SCANVI with ``train_size=1.0``, so no cells are held out).
+
+Run alone (the benchmark's ``run.py`` calls :func:`measure_throughput` in a child)::
+
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py --task T3 --batch-sizes 128 1024 --reps 3
 """
 
 from __future__ import annotations
@@ -51,7 +58,13 @@ def _fit_pyro(
     if seconds is None:
         seconds, timing = [total / epochs] * epochs, "whole-fit"
     cells = len(getattr(model, "training_cells", range(adata.n_obs)))
-    return {"epoch_seconds": seconds, "cells_per_epoch": int(cells), "timing": timing}
+    cpu = getattr(model.history, "epoch_cpu_seconds", None)
+    return {
+        "epoch_seconds": seconds,
+        "epoch_cpu_seconds": cpu,
+        "cells_per_epoch": int(cells),
+        "timing": timing,
+    }
 
 
 def _fit_scanvi(adata: Any, batch_key: str | None, batch_size: int, epochs: int, seed: int) -> dict:
@@ -61,17 +74,19 @@ def _fit_scanvi(adata: Any, batch_key: str | None, batch_size: int, epochs: int,
     from benchmarks.methods import TRAIN_LABEL_KEY, UNLABELLED, accelerator, quiet_scvi
 
     class EpochTimer(Callback):
-        """Wall time of every training epoch."""
+        """Wall time and CPU time of every training epoch."""
 
         def __init__(self) -> None:
             self.seconds: list[float] = []
-            self._start = 0.0
+            self.cpu_seconds: list[float] = []
+            self._start = self._start_cpu = 0.0
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            self._start = time.perf_counter()
+            self._start, self._start_cpu = time.perf_counter(), time.process_time()
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             self.seconds.append(time.perf_counter() - self._start)
+            self.cpu_seconds.append(time.process_time() - self._start_cpu)
 
     quiet_scvi(seed)
     scvi.model.SCANVI.setup_anndata(
@@ -88,7 +103,12 @@ def _fit_scanvi(adata: Any, batch_key: str | None, batch_size: int, epochs: int,
         callbacks=[timer],
     )
     cells = len(model.train_indices)
-    return {"epoch_seconds": timer.seconds, "cells_per_epoch": int(cells), "timing": "per-epoch"}
+    return {
+        "epoch_seconds": timer.seconds,
+        "epoch_cpu_seconds": timer.cpu_seconds,
+        "cells_per_epoch": int(cells),
+        "timing": "per-epoch",
+    }
 
 
 def measure_throughput(
@@ -100,6 +120,7 @@ def measure_throughput(
     seed: int = 0,
     max_cells: int | None = None,
     data_dir: str | None = None,
+    methods: tuple[str, ...] = METHODS,
 ) -> list[dict[str, Any]]:
     """Time pyro_scvae and SCANVI training alternately (meant to run in one child process).
 
@@ -119,13 +140,15 @@ def measure_throughput(
         Subsample the task to at most this many cells.
     data_dir
         Folder of the shared data (None: ``../shared/data``).
+    methods
+        Which of :data:`METHODS` to time.
 
     Returns
     -------
     list of dict
         One record per fit: ``method``, ``batch_size``, ``rep``, ``epoch_seconds``,
-        ``cells_per_epoch``, ``cells_per_s``, ``timing``, or ``status="failed"`` and
-        ``error``.
+        ``cells_per_epoch``, ``cells_per_s``, ``cpu_cells_per_s``, ``timing``, or
+        ``status="failed"`` and ``error``.
     """
     warnings.filterwarnings("ignore")
     from benchmarks.methods import UNLABELLED, with_training_labels
@@ -141,7 +164,7 @@ def measure_throughput(
     records = []
     for batch_size in batch_sizes:
         for rep in range(reps):
-            for method in METHODS:
+            for method in methods:
                 adata = with_training_labels(built.adata, unlabelled[method])
                 record: dict[str, Any] = {
                     "task": task,
@@ -158,9 +181,75 @@ def measure_throughput(
                     record["cells_per_s"] = _cells_per_second(
                         result["epoch_seconds"], result["cells_per_epoch"]
                     )
+                    if result.get("epoch_cpu_seconds"):
+                        record["cpu_cells_per_s"] = _cells_per_second(
+                            result["epoch_cpu_seconds"], result["cells_per_epoch"]
+                        )
                     record["status"] = "ok"
                 except Exception as error:  # recorded, the other fits go on
                     record["status"] = "failed"
                     record["error"] = f"{type(error).__name__}: {error}"
                 records.append(record)
     return records
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown: mean cells/s (wall and CPU time) per batch size and method, and / SCANVI."""
+    lines = [
+        "| batch size | method | fits | cells/s (wall) | / SCANVI "
+        "| cells/s (CPU time) | / SCANVI |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    ok = [r for r in records if r.get("status") == "ok"]
+    for batch_size in sorted({r["batch_size"] for r in ok}):
+        part = [r for r in ok if r["batch_size"] == batch_size]
+        means = {
+            (m, key): float(np.mean([r[key] for r in part if r["method"] == m and key in r]))
+            for m in {r["method"] for r in part}
+            for key in ("cells_per_s", "cpu_cells_per_s")
+            if any(key in r for r in part if r["method"] == m)
+        }
+        for method in [m for m in METHODS if any(r["method"] == m for r in part)]:
+            cells = [f"| {batch_size} | {method} | {sum(r['method'] == method for r in part)}"]
+            for key in ("cells_per_s", "cpu_cells_per_s"):
+                value, scanvi = means.get((method, key)), means.get(("scanvi", key))
+                ratio = f"{value / scanvi:.2f}×" if value and scanvi else "–"
+                cells.append(f"{value:,.0f} | {ratio}" if value else "– | –")
+            lines.append(" | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="pyro_scvae against SCANVI, alternating")
+    parser.add_argument("--task", default="T3")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--json", type=Path, help="write the records here")
+    args = parser.parse_args(argv)
+    records = measure_throughput(
+        args.task,
+        batch_sizes=tuple(args.batch_sizes),
+        reps=args.reps,
+        epochs=args.epochs,
+        methods=tuple(args.methods),
+    )
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+    print(f"python benchmarks/throughput.py {' '.join(argv or sys.argv[1:])}")
+    print(table(records))
+    return records
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

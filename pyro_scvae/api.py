@@ -14,6 +14,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +40,7 @@ from pyro_scvae.fitting import select_and_refit
 from pyro_scvae.genes import match_genes
 from pyro_scvae.model import HierarchicalVAE
 from pyro_scvae.persistence import load_model, save_model
+from pyro_scvae.threads import ThreadPolicy
 from pyro_scvae.training import History, train
 
 SETUP_KEY = "_pyro_scvae_setup"
@@ -164,6 +166,7 @@ class PyroSCVAE:
         self.epochs_trained = 0  # by every fit of the last fit() together
         self.train_seconds: float | None = None
         self.distributed_run = None  # a DistributedRun after training through Lightning
+        self.prediction_threads: ThreadPolicy | None = None  # of the last prediction
 
     def new_module(self) -> HierarchicalVAE:
         """The networks with their initial weights (seeded by ``seed``): the untrained model."""
@@ -254,6 +257,7 @@ class PyroSCVAE:
         devices: int = 1,
         accelerator: str = "auto",
         num_nodes: int = 1,
+        threads: int | str | None = None,
     ) -> PyroSCVAE:
         """Train on all cells: labelled ones with their label, the others enumerating y.
 
@@ -298,6 +302,11 @@ class PyroSCVAE:
             optimiser step then averages the gradients of ``devices × num_nodes``
             minibatches, and the first fit cannot stop early. Otherwise (the default) it
             runs in this process (:func:`~pyro_scvae.training.train`, on ``device``).
+        threads
+            torch's CPU threads during training: a number, or ``"auto"`` / None (the
+            default): as many as there are free cores and the minibatches can use, often
+            one on a shared machine (:mod:`pyro_scvae.threads`). torch's own setting is
+            restored afterwards; ``history.threads`` says what each epoch used.
         """
         seed = self.seed if seed is None else seed
         epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
@@ -321,7 +330,7 @@ class PyroSCVAE:
         )
         start = time.perf_counter()
         self.distributed_run = None
-        run = train
+        run = functools.partial(train, threads=threads)
         if distributed:
             from pyro_scvae.distributed import train_distributed
 
@@ -345,13 +354,33 @@ class PyroSCVAE:
 
     # ------------------------------------------------------------------ inference
     def _probabilities(
-        self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int = 4096
+        self,
+        counts: sp.csr_matrix | BackedCounts,
+        batches: np.ndarray | None,
+        chunk: int = 4096,
+        threads: int | str | None = None,
     ) -> np.ndarray:
         """q(y | z₁) at the posterior mean of z₁, calibrated, ``[cells, classes]``."""
-        return softmax(self._encode(counts, batches, chunk)[1], self.temperature)
+        return softmax(self._encode(counts, batches, chunk, threads)[1], self.temperature)
 
     def _encode(
-        self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int = 4096
+        self,
+        counts: sp.csr_matrix | BackedCounts,
+        batches: np.ndarray | None,
+        chunk: int = 4096,
+        threads: int | str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean of z₁ and the logits of q(y | z₁) there, in chunks, on ``threads``.
+
+        ``prediction_threads`` keeps the :class:`~pyro_scvae.threads.ThreadPolicy` used.
+        """
+        policy = ThreadPolicy(threads, min(chunk, counts.shape[0]) * counts.shape[1])
+        with policy:
+            self.prediction_threads = policy
+            return self._encode_chunks(counts, batches, chunk)
+
+    def _encode_chunks(
+        self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean of z₁ ``[cells, d]`` and the classifier's logits ``[cells, K]``."""
         device = next(self.module.parameters()).device
@@ -378,7 +407,11 @@ class PyroSCVAE:
         return counts, self._batch_codes(adata)
 
     def predict(
-        self, adata: ad.AnnData | None = None, soft: bool = False, min_confidence: float = 0.0
+        self,
+        adata: ad.AnnData | None = None,
+        soft: bool = False,
+        min_confidence: float = 0.0,
+        threads: int | str | None = None,
     ) -> pd.DataFrame | pd.Series:
         """Cell types of ``adata`` (the training data by default).
 
@@ -388,8 +421,10 @@ class PyroSCVAE:
             Return the class probabilities (a cells × classes DataFrame, rows sum to 1).
         min_confidence
             Hard calls whose largest probability is below this become ``"Unassigned"``.
+        threads
+            torch's CPU threads for the call, or ``"auto"`` / None, as in :meth:`fit`.
         """
-        probabilities = self._probabilities(*self._query_arrays(adata))
+        probabilities = self._probabilities(*self._query_arrays(adata), threads=threads)
         index = (self.adata if adata is None else adata).obs_names
         if soft:
             return pd.DataFrame(probabilities, index=index, columns=self.classes)
@@ -402,18 +437,26 @@ class PyroSCVAE:
         calls[probabilities.max(1) < min_confidence] = UNASSIGNED
         return calls
 
-    def get_latent_representation(self, adata: ad.AnnData | None = None) -> np.ndarray:
+    def get_latent_representation(
+        self, adata: ad.AnnData | None = None, threads: int | str | None = None
+    ) -> np.ndarray:
         """Posterior mean of z₁ for each cell, ``[cells, n_latent]`` (for UMAP, clustering)."""
-        return self._encode(*self._query_arrays(adata))[0]
+        return self._encode(*self._query_arrays(adata), threads=threads)[0]
 
-    def annotate(self, adata: ad.AnnData | None = None, min_confidence: float = 0.0) -> ad.AnnData:
+    def annotate(
+        self,
+        adata: ad.AnnData | None = None,
+        min_confidence: float = 0.0,
+        threads: int | str | None = None,
+    ) -> ad.AnnData:
         """Write predictions, confidences, class probabilities and z₁ into ``adata`` (in place).
 
         Adds ``obs["pyro_scvae_prediction"]``, ``obs["pyro_scvae_confidence"]`` (the largest
         probability), ``obsm["pyro_scvae_probabilities"]`` (a cells × classes DataFrame) and
         ``obsm["X_pyro_scvae"]`` (the posterior mean of z₁, for ``sc.pp.neighbors``/UMAP).
+        ``threads`` as in :meth:`predict`.
         """
-        latent, logits = self._encode(*self._query_arrays(adata))
+        latent, logits = self._encode(*self._query_arrays(adata), threads=threads)
         probabilities = softmax(logits, self.temperature)
         adata = self.adata if adata is None else adata
         calls = self._hard_calls(probabilities, min_confidence)

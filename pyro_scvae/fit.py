@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pyro_scvae import cli
 from pyro_scvae.config import LR_SCHEDULES, REFIT_MODES, ModelConfig, TrainingConfig, defaults
+from pyro_scvae.threads import threads_argument
 
 DEFAULT_LABELS_KEY = "bulk_labels"  # the labels of the embedded pbmc68k_reduced data
 #: Options of ``PyroSCVAE(...)`` offered as flags (``--n-latent`` …): the argument parser's
@@ -173,6 +174,13 @@ def build_parser() -> cli.ArgumentParser:
         help="machines taking part in DDP training, each running --devices processes; "
         "see the README for the environment variables (default: 1)",
     )
+    training.add_argument(
+        "--threads",
+        type=threads_argument,
+        default="auto",
+        help="CPU threads of torch, or auto: as many as there are free cores and the "
+        "minibatches can use, often 1 on a shared machine (default: auto)",
+    )
     labels = parser.add_argument_group(
         "use of the labels (a first fit with some labels held out chooses the epoch and "
         "calibrates; then every label is learnt)"
@@ -291,6 +299,7 @@ def run(args) -> None:
         devices=args.devices,
         accelerator=args.accelerator,
         num_nodes=args.num_nodes,
+        threads=args.threads,
     )
     if model.distributed_run is not None and not model.distributed_run.is_global_zero:
         return  # with DDP processes started by torchrun or SLURM, rank 0 writes the outputs
@@ -307,7 +316,13 @@ def run(args) -> None:
         if query is not None:
             (out / "query").mkdir()
             annotate_and_write(
-                model, query, settings, out / "query", args.min_confidence, query_cells
+                model,
+                query,
+                settings,
+                out / "query",
+                args.min_confidence,
+                query_cells,
+                threads=args.threads,
             )
     if not args.quiet:
         print_summary(model, metrics, training_adata, Path(args.out))

@@ -84,7 +84,7 @@ def training_data(model: PyroSCVAE, hidden: np.ndarray) -> CellData:
 def held_out_logits(model: PyroSCVAE, cells: np.ndarray) -> np.ndarray:
     """The classifier's logits ``[cells, K]`` for cells of the model's data."""
     batches = None if model.data.batches is None else model.data.batches[cells]
-    return model._encode(model.data.counts[cells], batches)[1]
+    return model._encode_chunks(model.data.counts[cells], batches, 4096)[1]  # threads as set
 
 
 def calibrated_nll(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -104,6 +104,17 @@ def cross_fitted_ece(logits: np.ndarray, labels: np.ndarray, seed: int) -> float
         correct.append(probabilities.argmax(1) == labels[apply_to])
         confidence.append(probabilities.max(1))
     return expected_calibration_error(np.concatenate(correct), np.concatenate(confidence))
+
+
+def joined(first: History, epochs: int, rest: History) -> History:
+    """The first ``epochs`` epochs of ``first`` followed by ``rest``: one model's history."""
+    return History(
+        elbo=first.elbo[:epochs] + rest.elbo,
+        epoch_seconds=first.epoch_seconds[:epochs] + rest.epoch_seconds,
+        epoch_cpu_seconds=first.epoch_cpu_seconds[:epochs] + rest.epoch_cpu_seconds,
+        threads=first.threads[:epochs] + rest.threads,
+        threads_summary=rest.threads_summary or first.threads_summary,
+    )
 
 
 def select_and_refit(model: PyroSCVAE, config: TrainingConfig, run=train) -> History:
@@ -172,13 +183,11 @@ def select_and_refit(model: PyroSCVAE, config: TrainingConfig, run=train) -> His
     if config.refit == "none":
         return first
     if config.refit == "continue":
-        stop = min(best_epoch + config.patience_epochs(), config.epochs)
+        stop = best_epoch + config.patience_epochs()  # past the schedule's end if need be
         more = TrainingConfig(**{**config.to_dict(), "start_epoch": best_epoch, "stop_epoch": stop})
         rest = run(model.module, every_label, more, None, "training (all labels)")
         model.epochs_trained += len(rest.elbo)
-        return History(
-            first.elbo[:best_epoch] + rest.elbo, first.epoch_seconds + rest.epoch_seconds
-        )
+        return joined(first, best_epoch, rest)
     model.module = model.new_module()
     refit = TrainingConfig(**{**config.to_dict(), "stop_epoch": best_epoch})
     history = run(model.module, every_label, refit, None, "training (all labels)")

@@ -75,14 +75,15 @@ def annotate_and_write(
     out: Path,
     min_confidence: float,
     cells: np.ndarray | None = None,
+    threads: int | str | None = None,
 ) -> None:
     """``predictions.csv`` and ``annotated.h5ad`` for ``adata`` in ``out``.
 
     With ``cells`` (a boolean mask; ``adata`` must be backed) both files hold only those
     cells, and the rows of ``.X`` are copied from the file in chunks
-    (:func:`~pyro_scvae.data.write_h5ad_rows`).
+    (:func:`~pyro_scvae.data.write_h5ad_rows`). ``threads``: torch's, as ``--threads``.
     """
-    model.annotate(adata, min_confidence=min_confidence)  # calls, probabilities, latent z₁
+    model.annotate(adata, min_confidence=min_confidence, threads=threads)  # calls, probs, z₁
     probabilities = adata.obsm["pyro_scvae_probabilities"]
     calls = adata.obs["pyro_scvae_prediction"].astype(str)
     adata.uns["pyro_scvae"] = settings
@@ -101,7 +102,7 @@ def write_outputs(
 
     ``cells``: for a backed ``adata``, the cells to write (see :func:`annotate_and_write`).
     """
-    annotate_and_write(model, adata, settings, out, args.min_confidence, cells)
+    annotate_and_write(model, adata, settings, out, args.min_confidence, cells, args.threads)
     history = model.history
     metrics = {
         "epochs": len(history.elbo),
@@ -114,6 +115,7 @@ def write_outputs(
         "validation": model.validation_metrics,
         "temperature": model.temperature,
         "selection": selection_summary(model),
+        "threads": history.threads_summary or None,  # torch threads of training
     }
     if model.distributed_run is not None:  # trained through Lightning
         metrics["distributed"] = {
@@ -151,11 +153,19 @@ def write_outputs(
     return metrics
 
 
+def threads_note(summary: dict | None) -> str:
+    """``", 1 thread"`` from metrics.json's ``threads`` (nothing when unknown)."""
+    if not summary:
+        return ""
+    counts = ", ".join(str(n) for n in dict.fromkeys(summary["used"]))
+    return f", {counts} thread" + ("" if counts == "1" else "s")
+
+
 def print_summary(model: PyroSCVAE, metrics: dict, adata: ad.AnnData, out: Path) -> None:
     lines = [
         f"trained on {adata.n_obs} cells × {adata.n_vars} genes, {len(model.classes)} classes, "
         f"{metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
-        f"({metrics['cells_per_second']:.0f} cells/s)",
+        f"({metrics['cells_per_second']:.0f} cells/s{threads_note(metrics['threads'])})",
         f"final ELBO per cell: {metrics['final_elbo_per_cell']:.1f}",
     ]
     validation = metrics["validation"]

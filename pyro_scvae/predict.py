@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from pyro_scvae import cli
+from pyro_scvae.threads import threads_argument
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -53,6 +54,12 @@ def build_parser() -> cli.ArgumentParser:
         default="auto",
         help="where to run the model (default: auto)",
     )
+    parser.add_argument(
+        "--threads",
+        type=threads_argument,
+        default="auto",
+        help="CPU threads of torch, or auto: as many as there are free cores (default: auto)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     return parser
 
@@ -76,11 +83,14 @@ def run(args) -> None:
         adata = drop_empty_cells(adata, model.setup["layer"])
     settings = json_ready({**vars(args), "classes": model.classes})
     with atomic_output_dir(args.out) as out:
-        annotate_and_write(model, adata, settings, out, args.min_confidence, cells)
+        annotate_and_write(
+            model, adata, settings, out, args.min_confidence, cells, threads=args.threads
+        )
     if not args.quiet:
         calls = adata.obs["pyro_scvae_prediction"]
         calls = calls if cells is None else calls[cells].cat.remove_unused_categories()
-        print(f"annotated {len(calls)} cells; outputs written to {args.out}/")
+        threads = model.prediction_threads.describe(short=True)
+        print(f"annotated {len(calls)} cells ({threads}); outputs written to {args.out}/")
         print(calls.value_counts().to_string())
 
 

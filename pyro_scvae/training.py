@@ -10,7 +10,14 @@ compiles the loss once per call signature. Its cache is keyed on the number of
 arguments and freezes the minibatch size into the trace, so labelled minibatches are
 called as ``(x, batch, y)`` and unlabelled ones as ``(x, batch)``, and the ragged last
 minibatch of an epoch goes through the uncompiled ``TraceEnum_ELBO`` (same objective,
-same optimiser state) instead of being dropped.
+same optimiser state) instead of being dropped. The compiled step is the same stochastic
+gradient: no random draw is frozen into the trace (every parameter's gradient changes
+from step to step at a fixed minibatch, ``tests/test_training.py``), and at trained
+weights of a real task the mean and spread of every gradient element match the
+uncompiled step's (``benchmarks/speed.md``). Its lower macro-F1 on small tasks is that of
+any other random stream: the uncompiled step with its stream shifted by one draw loses as
+much on the same seeds. It is faster only on a GPU at small minibatches; on the CPU it is
+not, and neither is ``torch.compile`` of the networks or of the ZINB.
 
 KL warm-up (``kl_warmup``, as scvi-tools' ``n_epochs_kl_warmup``) multiplies the
 terms of y, z₂ and l (terms 3, 5 and 4 of MODEL.md's ELBO) by a weight β that rises
@@ -44,6 +51,7 @@ from pyro_scvae.config import (  # noqa: F401 (re-exported: schedules live in co
 )
 from pyro_scvae.data import CellData, InputError, minibatches
 from pyro_scvae.model import HierarchicalVAE
+from pyro_scvae.threads import ThreadPolicy
 
 
 @dataclass
@@ -53,6 +61,12 @@ class History:
     # mean ELBO per cell (incl. α term); in the KL warm-up, the objective with β < 1
     elbo: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    # CPU seconds of this process (all its threads) in each epoch: on a busy machine, the
+    # work done, where wall time also counts the waits for a core
+    epoch_cpu_seconds: list[float] = field(default_factory=list)
+    # torch threads of each epoch, and what chose them (pyro_scvae.threads.ThreadPolicy)
+    threads: list[int] = field(default_factory=list)
+    threads_summary: dict = field(default_factory=dict)
 
 
 class ScaleKL(Messenger):
@@ -90,8 +104,10 @@ class JointAdam(PyroOptim):
     Python, which costs a tenth of a training step of this model on a CPU. This one keeps
     SVI's interface (it is called with the parameters of the step's trace) but updates
     them together with ``torch.optim.Adam(fused=True)``, after clipping every gradient
-    element to ±``clip_value`` as Pyro's ``ClippedAdam`` does. The model and the guide
-    register every parameter on every step, so the parameter set never changes.
+    element to ±``clip_value`` as Pyro's ``ClippedAdam`` does, and then clears their
+    gradients. Its parameters are ``params`` where given (the module's: then the step's
+    trace need not name them, see :class:`KnownParams`), else those of its first call;
+    the parameter set never changes.
 
     Parameters
     ----------
@@ -99,11 +115,16 @@ class JointAdam(PyroOptim):
         Learning rate.
     clip_value
         Largest absolute value of a gradient element.
+    params
+        The parameters to update (None: those SVI passes on the first step).
     """
 
-    def __init__(self, lr: float, clip_value: float = 100.0) -> None:
+    def __init__(
+        self, lr: float, clip_value: float = 100.0, params: list[torch.Tensor] | None = None
+    ) -> None:
         super().__init__(torch.optim.Adam, {"lr": lr})
         self.lr, self.clip_value = lr, clip_value
+        self.params = None if params is None else list(params)
         self.optimiser: torch.optim.Adam | None = None
 
     def set_lr(self, lr: float) -> None:
@@ -114,11 +135,38 @@ class JointAdam(PyroOptim):
                 group["lr"] = lr
 
     def __call__(self, params, *args, **kwargs) -> None:
-        params = list(params)
+        if self.params is None:
+            self.params = list(params)
         if self.optimiser is None:
-            self.optimiser = torch.optim.Adam(params, lr=self.lr, fused=True)
-        torch.nn.utils.clip_grad_value_(params, self.clip_value, foreach=True)
+            self.optimiser = torch.optim.Adam(self.params, lr=self.lr, fused=True)
+        torch.nn.utils.clip_grad_value_(self.params, self.clip_value, foreach=True)
         self.optimiser.step()
+        self.optimiser.zero_grad(set_to_none=True)
+
+
+class KnownParams(Messenger):
+    """Answers ``pyro.param`` for a module's parameters at once, unseen by the rest of Pyro.
+
+    ``pyro.module`` in the model and the guide registers each of the module's parameters
+    through Pyro's whole effect stack on every step (the trace of the ELBO, the
+    enumeration, SVI's parameter capture): a fifth of a step at batch size 128 on a CPU
+    (``benchmarks/speed.md``). Innermost of the stack, this messenger returns such a
+    parameter as it is, which is what the parameter store returns for it too, so values
+    and gradients are unchanged. One parameter, the first, still goes through the stack:
+    ``TraceEnum_ELBO`` differentiates the loss only when its traces hold a parameter.
+    SVI then passes only that one to :class:`JointAdam`, which, given all of the module's,
+    updates and clears them itself.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.witness = next(module.parameters())  # registered as usual
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "param" and len(msg["args"]) > 1:
+            value = msg["args"][1]
+            if isinstance(value, torch.nn.Parameter) and value is not self.witness:
+                msg["value"], msg["done"], msg["stop"] = value, True, True
 
 
 class Stepper:
@@ -135,11 +183,15 @@ class Stepper:
     """
 
     def __init__(self, vae: HierarchicalVAE, lr: float, jit_batch_size: int | None = None):
-        self.optimiser = optimiser = JointAdam(lr)  # shared by both objectives
+        # shared by both objectives; it knows the parameters, so the uncompiled steps need
+        # not register them (KnownParams). The compiled trace takes the parameters it
+        # finds registered as its inputs, so there they are registered as usual.
+        self.optimiser = optimiser = JointAdam(lr, params=list(vae.parameters()))
         self.scale_kl = ScaleKL()  # β, set by set_kl_weight
+        known = KnownParams(vae)
         self.svi = SVI(
-            self.scale_kl(vae.model),
-            self.scale_kl(vae.guide),
+            self.scale_kl(known(vae.model)),
+            self.scale_kl(known(vae.guide)),
             optimiser,
             loss=TraceEnum_ELBO(max_plate_nesting=1),
         )
@@ -181,6 +233,7 @@ def train(
     config: TrainingConfig,
     on_epoch_end: Callable[[int, History], bool] | None = None,
     description: str = "training",
+    threads: int | str = "auto",
 ) -> History:
     """Fit ``vae`` to ``data`` in place; returns the per-epoch history.
 
@@ -194,15 +247,25 @@ def train(
         module in eval mode, so that evaluating it draws no random numbers and leaves the
         training trajectory unchanged); training stops when it returns True (see
         :mod:`pyro_scvae.selection`).
+    threads
+        torch's thread count for the run, or ``"auto"`` (:mod:`pyro_scvae.threads`: chosen
+        from the free cores and the size of a minibatch, and revisited as training goes);
+        torch's own setting is restored afterwards.
     """
     device = resolve_device(config.device)
     pyro.set_rng_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     vae.to(device).train()
     history = History()
+    work = min(config.batch_size, data.n_cells) * data.counts.shape[1]  # [batch, G] per step
     # Pyro's per-site argument and support checks cost a tenth of a step; the counts are
     # checked once when loaded, and a non-finite ELBO is caught below at each epoch's end.
-    with pyro.get_param_store().scope(), pyro.validation_enabled(False), warnings.catch_warnings():
+    with (
+        pyro.get_param_store().scope(),
+        pyro.validation_enabled(False),
+        warnings.catch_warnings(),
+        ThreadPolicy(threads, work) as thread_policy,
+    ):
         # Labelled minibatches observe y, so they have nothing to enumerate: expected.
         warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites", UserWarning)
         stepper = Stepper(vae, config.lr, config.batch_size if config.jit else None)
@@ -218,25 +281,29 @@ def train(
                 * lr_factor(config.lr_schedule, min(epoch, config.epochs - 1), config.epochs)
             )
             stepper.set_kl_weight(kl_weight(config.kl_warmup, epoch, config.epochs))
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             total_loss = 0.0
             for index, labelled in minibatches(
                 data.labels, config.batch_size, rng, labelled_share=config.labelled_share
             ):
                 total_loss += stepper.step(*data.tensors(index, device, labelled))
             history.epoch_seconds.append(time.perf_counter() - start)
+            history.epoch_cpu_seconds.append(time.process_time() - start_cpu)
             history.elbo.append(-total_loss / data.n_cells)  # per cell (labelled re-passes incl.)
+            history.threads.append(thread_policy.current)
             if not np.isfinite(total_loss):
                 raise InputError(
                     f"training diverged in epoch {len(history.elbo)} (the ELBO is not finite); "
                     "try a lower learning rate (--lr)"
                 )
-            epochs.set_postfix(elbo=f"{history.elbo[-1]:.1f}")
+            thread_policy.recheck()  # the machine may have got busier or freer
+            epochs.set_postfix(elbo=f"{history.elbo[-1]:.1f}", threads=thread_policy.current)
             if on_epoch_end is not None:
                 vae.eval()
                 stop = on_epoch_end(epoch, history)
                 vae.train()
                 if stop:
                     break
+        history.threads_summary = thread_policy.summary()
     vae.eval()
     return history

@@ -18,7 +18,7 @@ from pyro_scvae.training import train
 def recording_runner(calls: list):
     """A runner for select_and_refit that trains as fit() does and records each call."""
 
-    def run(module, data, config, on_epoch_end=None, description=""):
+    def run(module, data, config, on_epoch_end=None, description="", **kwargs):
         calls.append(
             {
                 "labels": data.labels.copy(),
@@ -27,7 +27,7 @@ def recording_runner(calls: list):
                 "description": description,
             }
         )
-        return train(module, data, config, on_epoch_end, description)
+        return train(module, data, config, on_epoch_end, description, **kwargs)
 
     return run
 

@@ -225,3 +225,48 @@ def test_kl_warmup_rises_linearly_then_stays_at_one(simulated, monkeypatch):
     assert seen == [0.0, 0.5, 1.0, 1.0]
     with pytest.raises(InputError, match="kl_warmup"):
         PyroSCVAE(simulated, seed=0).fit(epochs=4, kl_warmup=-0.1, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_compiled_step_draws_new_noise_every_step(monkeypatch):
+    """No random draw is frozen into the compiled trace (the suspect for its lower F1).
+
+    A draw traced as a constant (a dropout mask, the noise of z₁, l or z₂) would give the
+    same gradient contribution on every step: with the learning rate at 0 and the same
+    minibatch, some parameter's gradient would repeat exactly from one step to the next.
+    None does, the global generator advances at every step, and a seed repeats a step.
+    """
+    from pyro_scvae.training import JointAdam
+
+    torch.manual_seed(0)
+    config = ModelConfig(n_genes=40, n_classes=3, n_latent=4, n_hidden=16)  # dropout 0.1
+    vae = HierarchicalVAE(config, torch.full((1,), 4.0), torch.ones(1))
+    x = torch.poisson(torch.rand(64, 40) * 3)
+    y = torch.randint(3, (64,))
+    recorded: list[list[torch.Tensor]] = []
+    step = JointAdam.__call__
+
+    def record_gradient(self, params, *args, **kwargs):
+        recorded.append([p.grad.clone() for p in vae.parameters()])
+        return step(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(JointAdam, "__call__", record_gradient)
+    with pyro.get_param_store().scope(), pyro.validation_enabled(False):
+        compiled = Stepper(vae, lr=0.0, jit_batch_size=64)
+        for labels in (None, y):
+            compiled.step(x, labels, None)  # compiles
+            recorded.clear()
+            before = torch.get_rng_state()
+            compiled.step(x, labels, None)
+            assert not torch.equal(before, torch.get_rng_state())
+            compiled.step(x, labels, None)
+            for name, first, second in zip(
+                [n for n, _ in vae.named_parameters()], recorded[0], recorded[1]
+            ):
+                assert not torch.equal(first, second), f"{name}: the same gradient twice"
+            losses = []
+            for _ in range(2):
+                torch.manual_seed(5)
+                losses.append(compiled.step(x, labels, None))
+            assert losses[0] == losses[1]
