@@ -28,6 +28,13 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT_ERROR)
 
 
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the package's version, printed at once (nothing heavy is imported)."""
+    from pyro_scvae import __version__
+
+    parser.add_argument("--version", action="version", version=f"pyro_scvae {__version__}")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

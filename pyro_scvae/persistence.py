@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pyro_scvae import __version__
 from pyro_scvae.config import ModelConfig, TrainingConfig
 from pyro_scvae.errors import InputError
 from pyro_scvae.model import HierarchicalVAE
@@ -44,6 +45,7 @@ def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False)
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
     save_file(state, directory / WEIGHTS_FILE)
     config = {
+        "pyro_scvae_version": __version__,  # of the package that saved it
         "model": model.config.to_dict(),
         "classes": model.classes,
         "genes": model.genes,
