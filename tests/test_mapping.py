@@ -131,3 +131,39 @@ def test_fine_tune_epochs_follow_the_query_size():
     for n in (2_500, 5_000, 7_000):  # between the bounds: 300 steps or one epoch more
         per_epoch = int(np.ceil(n / 128))
         assert 300 <= fine_tune_epochs(n, 128) * per_epoch < 300 + per_epoch
+
+
+def test_predict_command_fine_tunes_and_writes_the_model(reference, cells, tmp_path, capsys):
+    from pyro_scvae import predict
+
+    _, query = cells
+    reference.save(tmp_path / "reference")
+    query = query.copy()
+    query.obs["chemistry"] = query.obs.pop("batch")  # another column name: --batch-key
+    query.write_h5ad(tmp_path / "query.h5ad")
+    common = ["--model", str(tmp_path / "reference"), "--adata", str(tmp_path / "query.h5ad")]
+    common += ["--batch-key", "chemistry", "--device", "cpu"]
+    assert predict.main([*common, "--out", str(tmp_path / "plain")]) == 0
+    captured = capsys.readouterr()
+    assert "('batch_2'); they are encoded and decoded with the average" in captured.err
+    assert not (tmp_path / "plain" / "model").exists()
+
+    out = tmp_path / "tuned"
+    args = [*common, "--fine-tune", "--fine-tune-epochs", "2", "--out", str(out)]
+    assert predict.main(args) == 0
+    captured = capsys.readouterr()
+    assert "fine-tuned on 208 cells of new batches batch_2 for 2 epochs" in captured.out
+    assert "not trained on" not in captured.err
+    table = pd.read_csv(out / "predictions.csv", index_col="cell")
+    tuned = PyroSCVAE.load(out / "model", device="cpu")
+    assert tuned.batch_categories == ["batch_0", "batch_1", "batch_2"]
+    np.testing.assert_allclose(
+        table.filter(like="prob:").to_numpy(),
+        tuned.predict(query, soft=True).to_numpy(),
+        rtol=1e-5,
+    )
+    scores = tuned.novelty_scores(query)
+    np.testing.assert_allclose(table["novelty"], scores["novelty"], rtol=1e-5)
+    assert (table["novel"] == scores["novel"]).all()
+    annotated = __import__("anndata").read_h5ad(out / "annotated.h5ad")
+    assert {"pyro_scvae_novelty", "pyro_scvae_novel"} <= set(annotated.obs)
