@@ -462,7 +462,9 @@ class PyroSCVAE:
         hooks = freeze(module, n_reference) if freeze_reference else []
         start = time.perf_counter()
         try:
-            history = train(module, data, config, description="fine-tuning", threads=threads)
+            with warnings.catch_warnings():  # frozen weights are not registered: as meant
+                warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
+                history = train(module, data, config, description="fine-tuning", threads=threads)
         finally:
             for hook in hooks:
                 hook.remove()

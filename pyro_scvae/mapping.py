@@ -12,9 +12,9 @@ query with new batch categories:
    (:meth:`~pyro_scvae.model.HierarchicalVAE.batch_inputs`); p(l) of a new batch is
    estimated from its cells, as for the reference batches;
 2. **fine-tunes** on the query's ELBO, every cell unlabelled (y enumerated), with the
-   reference's weights frozen (:func:`freeze_reference`: gradient hooks zero every
-   gradient but those of the new columns, so Adam leaves the rest exactly unchanged), or
-   everything with ``freeze_reference=False``.
+   reference's weights frozen (:func:`freeze_reference`: only the new columns get a
+   gradient, so Adam leaves every other weight exactly unchanged), or everything with
+   ``freeze_reference=False``.
 
 With the default ``encode_batch=False`` the encoder does not see the batch, so a
 frozen reference maps every query cell to the same z₁ and the same calls with or without
@@ -90,13 +90,28 @@ def extend_batches(
     return extended
 
 
-def freeze_reference(vae: HierarchicalVAE, n_reference_batches: int) -> list:
-    """Zero the gradient of every weight but the new batches' columns; returns the hooks.
+class _Thawed:
+    """Undoes ``requires_grad_(False)`` on :meth:`remove`, as a hook's handle does."""
 
-    Remove them (``handle.remove()``) after training. Adam's update of an element whose
-    gradient was always zero is exactly zero, so those weights do not change at all.
+    def __init__(self, parameter: torch.nn.Parameter) -> None:
+        self.parameter = parameter
+        parameter.requires_grad_(False)
+
+    def remove(self) -> None:
+        self.parameter.requires_grad_(True)
+
+
+def freeze_reference(vae: HierarchicalVAE, n_reference_batches: int) -> list:
+    """Freeze every weight but the new batches' columns; returns handles to undo it.
+
+    Call ``handle.remove()`` on each after training. The batch layers get a gradient hook
+    that zeroes the reference columns' gradient; Adam's update of an element whose
+    gradient was always zero is exactly zero, so they do not change at all. The other
+    weights stop requiring gradients (none is computed), but the first: Pyro's parameter
+    store registers it, which makes it require a gradient again, so a hook zeroes it.
     """
     layers = {id(p): p for p in batch_layers(vae).values()}
+    witness = next(vae.parameters())  # see pyro_scvae.training.KnownParams
     handles = []
     for parameter in vae.parameters():
         if id(parameter) in layers:
@@ -104,6 +119,8 @@ def freeze_reference(vae: HierarchicalVAE, n_reference_batches: int) -> list:
             n_batches = vae.config.n_batches
             mask[:, parameter.shape[1] - n_batches + n_reference_batches :] = 1.0
             handles.append(parameter.register_hook(lambda g, m=mask: g * m.to(g.device)))
-        else:
+        elif parameter is witness:
             handles.append(parameter.register_hook(torch.zeros_like))
+        else:
+            handles.append(_Thawed(parameter))
     return handles
