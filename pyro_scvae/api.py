@@ -536,7 +536,10 @@ class PyroSCVAE:
     ) -> tuple[sp.csr_matrix | BackedCounts, np.ndarray | None]:
         """Counts (genes matched to the model's by name) and batch codes of ``adata``."""
         if adata is None and self.adata is None:
-            raise InputError("this model was loaded from disk: pass the AnnData to annotate")
+            raise InputError(
+                "this model holds no training data (loaded from disk, or mapped): "
+                "pass the AnnData to annotate"
+            )
         if adata is None or adata is self.adata:
             return self.data.counts, self.data.batches
         counts = match_genes(count_matrix(adata, self.setup["layer"]), adata.var_names, self.genes)
@@ -589,7 +592,7 @@ class PyroSCVAE:
 
         Returns a DataFrame with ``novelty`` (the Mahalanobis distance of the posterior
         mean of z₁ to the nearest class centre of the labelled training cells) and
-        ``novel`` (the score is above the threshold: by default the 99th percentile of
+        ``novel`` (the score is above the threshold: by default the 98th percentile of
         the training cells' own out-of-fold scores).
         """
         reference = self._novelty_reference()
