@@ -29,7 +29,8 @@ from sklearn.model_selection import KFold
 
 #: Share of the reference's labelled cells (scored out of fold) below the default threshold:
 #: the lowest of 0.95, 0.975, 0.98 and 0.99 at which at most 5 % of the known query cells
-#: were flagged, on average, in the leave-one-type-out runs (``benchmarks/novelty.md``).
+#: were flagged, on average, in the transductive leave-one-type-out runs
+#: (``benchmarks/novelty.md``).
 DEFAULT_QUANTILE = 0.98
 #: Folds of the out-of-fold scores that set the threshold.
 FOLDS = 5
