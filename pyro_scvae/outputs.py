@@ -55,12 +55,23 @@ def atomic_output_dir(out: str | Path) -> Iterator[Path]:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def write_predictions(probabilities: pd.DataFrame, calls: pd.Series, path: Path) -> pd.DataFrame:
-    """``predictions.csv``: cell id, predicted, confidence and one ``prob:<class>`` per class."""
+def write_predictions(
+    probabilities: pd.DataFrame,
+    calls: pd.Series,
+    path: Path,
+    novelty: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """``predictions.csv``: cell id, predicted, confidence, [novelty, novel,] ``prob:<class>``.
+
+    ``novelty``: the score and flag columns of :meth:`~pyro_scvae.api.PyroSCVAE.novelty_scores`.
+    """
     table = pd.DataFrame(
         {"predicted": calls.to_numpy(), "confidence": probabilities.max(axis=1).to_numpy()},
         index=probabilities.index.rename("cell"),
     )
+    if novelty is not None:
+        table["novelty"] = novelty["novelty"].to_numpy()
+        table["novel"] = novelty["novel"].to_numpy()
     table = table.join(probabilities.add_prefix("prob:"))
     table.to_csv(path)
     return table
@@ -89,12 +100,17 @@ def annotate_and_write(
     model.annotate(adata, min_confidence=min_confidence, threads=threads)  # calls, probs, z₁
     probabilities = adata.obsm["pyro_scvae_probabilities"]
     calls = adata.obs["pyro_scvae_prediction"].astype(str)
+    novelty = None
+    if "pyro_scvae_novelty" in adata.obs:  # the model has a novelty reference
+        novelty = adata.obs[["pyro_scvae_novelty", "pyro_scvae_novel"]]
+        novelty.columns = ["novelty", "novel"]
     adata.uns["pyro_scvae"] = settings
     if cells is None:
-        write_predictions(probabilities, calls, out / "predictions.csv")
+        write_predictions(probabilities, calls, out / "predictions.csv", novelty)
         adata.write_h5ad(out / "annotated.h5ad")
     else:
-        write_predictions(probabilities[cells], calls[cells], out / "predictions.csv")
+        novelty = None if novelty is None else novelty[cells]
+        write_predictions(probabilities[cells], calls[cells], out / "predictions.csv", novelty)
         write_h5ad_rows(adata, np.flatnonzero(cells), out / "annotated.h5ad")
 
 

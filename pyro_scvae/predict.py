@@ -5,6 +5,13 @@ a warning that says how many); too few shared genes is an error. Cells with zero
 are left out of the outputs (with a warning). With ``--backed`` the counts stay on disk
 and are read in chunks: memory grows with the number of cells only through the outputs
 (calls, probabilities, latent z₁) and ``obs``.
+
+Cells of batches the model was not trained on are encoded and decoded with the average
+of the training batches' effects (a warning names those batches). With ``--fine-tune``
+the model first learns those batches on the query's own cells, its reference weights
+frozen (:meth:`pyro_scvae.api.PyroSCVAE.map_query`), and the fine-tuned model is written
+to ``OUT/model``. Where the model has a novelty reference, ``predictions.csv`` has the
+columns ``novelty`` (score) and ``novel`` (flag), see :mod:`pyro_scvae.novelty`.
 """
 
 from __future__ import annotations
@@ -50,6 +57,23 @@ def build_parser() -> cli.ArgumentParser:
         help="calls below this confidence become 'Unassigned' (default: 0)",
     )
     parser.add_argument(
+        "--batch-key",
+        help="obs column of the query's batches (default: the model's batch key)",
+    )
+    parser.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="first learn the query's new batches (reference weights frozen) on its own "
+        "cells, and write the fine-tuned model to OUT/model",
+    )
+    parser.add_argument(
+        "--fine-tune-epochs",
+        type=cli.positive_int,
+        metavar="N",
+        help="epochs of --fine-tune (default: about 300 gradient steps, 5 to 200 epochs)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --fine-tune (default: 0)")
+    parser.add_argument(
         "--out",
         metavar="DIR",
         default="pyro_scvae_predictions",
@@ -84,7 +108,11 @@ def run(args) -> None:
     from pyro_scvae.preprocess import backed_cells, check_backed_layer, drop_empty_cells, read_adata
 
     check_backed_layer(args.backed, args.layer)
+    if args.fine_tune_epochs is not None and not args.fine_tune:
+        raise InputError("--fine-tune-epochs needs --fine-tune")
     model = PyroSCVAE.load(args.model, device=args.device)
+    if args.batch_key is not None:
+        model.setup["batch_key"] = args.batch_key
     if args.backed:
         model.setup["layer"] = None  # backed: the counts are .X, whatever the model's layer
     elif args.layer is not None:
@@ -96,6 +124,16 @@ def run(args) -> None:
     cells = backed_cells(adata)
     if cells is None:
         adata = drop_empty_cells(adata, model.setup["layer"])
+    if args.fine_tune:
+        query = adata if cells is None else adata[cells]
+        model = model.map_query(
+            query,
+            epochs=args.fine_tune_epochs,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.quiet,
+            threads=args.threads,
+        )
     settings = json_ready({**vars(args), "classes": model.classes})
     metrics = None
     with atomic_output_dir(args.out) as out:
@@ -105,10 +143,18 @@ def run(args) -> None:
         if args.labels_key is not None:
             metrics = score_labelled_query(adata, args.labels_key, model.classes, out, cells)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if args.fine_tune:
+            model.save(out / "model")
     if not args.quiet:
         calls = adata.obs["pyro_scvae_prediction"]
         calls = calls if cells is None else calls[cells].cat.remove_unused_categories()
         threads = model.prediction_threads.describe(short=True)
+        if args.fine_tune:
+            mapping = model.mapping
+            print(
+                f"fine-tuned on {mapping['n_cells']} cells of new batches "
+                f"{', '.join(mapping['new_batches'])} for {mapping['epochs']} epochs"
+            )
         print(f"annotated {len(calls)} cells ({threads}); outputs written to {args.out}/")
         print(calls.value_counts().to_string())
         if metrics is not None:

@@ -26,6 +26,7 @@ EXPECTED = {
     "01_quickstart.ipynb": (None, 7),
     "02_elbo.ipynb": (None, 3),
     "03_label_transfer.ipynb": ("symphony_pbmc_3chem.h5ad", 6),
+    "04_reference_mapping.ipynb": ("symphony_pbmc_3chem.h5ad", 4),
 }
 
 
@@ -94,3 +95,7 @@ def test_notebook_runs_in_quick_mode(name, monkeypatch):
     if name == "03_label_transfer.ipynb":
         for method in ("pyro_scvae", "scANVI", "logistic regression"):
             assert method in text
+    if name == "04_reference_mapping.ipynb":
+        assert "they are encoded and decoded with the average" in text  # the unseen batch
+        assert "fine-tuned: 2 epochs" in text and "'3pv1']" in text  # mapped, saved, loaded
+        assert "flagged novel:" in text
