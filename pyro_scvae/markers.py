@@ -265,8 +265,8 @@ def plot_markers(
     x = sp.diags(1e4 / np.maximum(total, 1)) @ x
     x.data = np.log1p(x.data)
     groups = pd.Categorical(np.asarray(calls).astype(str)[cells], categories=sorted(chosen))
-    adata = ad.AnnData(X=x.tocsr(), obs=pd.DataFrame({"type": groups}))
-    adata.var_names = shown
+    obs = pd.DataFrame({"type": groups}, index=cells.astype(str))
+    adata = ad.AnnData(X=x.tocsr(), obs=obs, var=pd.DataFrame(index=shown))
     plot = sc.pl.dotplot(
         adata,
         var_names={name: chosen[name] for name in sorted(chosen)},
