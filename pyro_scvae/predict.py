@@ -60,6 +60,19 @@ def build_parser() -> cli.ArgumentParser:
         default="auto",
         help="CPU threads of torch, or auto: as many as there are free cores (default: auto)",
     )
+    parser.add_argument(
+        "--majority-voting",
+        action="store_true",
+        help="also call each cell by the most frequent call of its cluster in an "
+        "over-clustering of z1 (CellTypist's majority voting): a majority_voting column "
+        "in predictions.csv and obs",
+    )
+    parser.add_argument(
+        "--markers",
+        action="store_true",
+        help="marker genes of each predicted type among these cells: markers.csv and the "
+        "dot plot markers.png",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     return parser
 
@@ -67,7 +80,12 @@ def build_parser() -> cli.ArgumentParser:
 def run(args) -> None:
     """Annotate as ``args`` say; the heavy libraries are imported only here."""
     from pyro_scvae.api import PyroSCVAE
-    from pyro_scvae.outputs import annotate_and_write, atomic_output_dir, json_ready
+    from pyro_scvae.outputs import (
+        annotate_and_write,
+        atomic_output_dir,
+        json_ready,
+        write_markers,
+    )
     from pyro_scvae.preprocess import backed_cells, check_backed_layer, drop_empty_cells, read_adata
 
     check_backed_layer(args.backed, args.layer)
@@ -84,8 +102,21 @@ def run(args) -> None:
     settings = json_ready({**vars(args), "classes": model.classes})
     with atomic_output_dir(args.out) as out:
         annotate_and_write(
-            model, adata, settings, out, args.min_confidence, cells, threads=args.threads
+            model,
+            adata,
+            settings,
+            out,
+            args.min_confidence,
+            cells,
+            threads=args.threads,
+            majority_voting=args.majority_voting,
         )
+        if args.markers:
+            calls = model.predict(adata).to_numpy()  # without --min-confidence
+            if cells is not None:
+                adata = adata[cells]
+                calls = calls[cells]
+            write_markers(model, adata, out, calls)
     if not args.quiet:
         calls = adata.obs["pyro_scvae_prediction"]
         calls = calls if cells is None else calls[cells].cat.remove_unused_categories()
