@@ -517,8 +517,8 @@ class PyroSCVAE:
         adata: ad.AnnData | None = None,
         calls: np.ndarray | pd.Series | None = None,
         delta: float = 0.25,
-        n_samples: int = 5000,
-        m_permutation: int = 10000,
+        n_samples: int = 2000,
+        m_permutation: int = 4000,
         seed: int | None = None,
     ) -> pd.DataFrame:
         """Marker genes of each type, one-vs-rest, from the decoded expression ρ(z₁).

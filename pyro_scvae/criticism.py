@@ -110,9 +110,9 @@ def cell_statistics(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def count_frequencies(x: torch.Tensor) -> torch.Tensor:
     """Fraction of the entries of ``x [..., cells, G]`` equal to 0 … ``MAX_COUNT`` (pooled)."""
-    clipped = x.clamp(max=MAX_COUNT).long().flatten(-2)  # [..., cells·G]
-    onehot = torch.nn.functional.one_hot(clipped, MAX_COUNT + 1)  # [..., cells·G, MAX + 1]
-    return onehot.double().mean(-2)  # [..., MAX_COUNT + 1]
+    clipped = x.clamp(max=MAX_COUNT).long().reshape(-1, x.shape[-2] * x.shape[-1])  # [n, cells·G]
+    frequencies = torch.stack([torch.bincount(row, minlength=MAX_COUNT + 1) for row in clipped])
+    return (frequencies.double() / clipped.shape[1]).reshape(*x.shape[:-2], MAX_COUNT + 1)
 
 
 def posterior_predictive_check(

@@ -119,7 +119,7 @@ def change_mode(
     rho_2: np.ndarray,
     offset: float,
     delta: float = 0.25,
-    m_permutation: int = 10000,
+    m_permutation: int = 4000,
     rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
     """Posterior LFC statistics of group 1 against group 2 from draws ``[n₁, G]``, ``[n₂, G]``."""
@@ -146,8 +146,8 @@ def marker_genes(
     calls: np.ndarray,
     genes: list[str],
     delta: float = 0.25,
-    n_samples: int = 5000,
-    m_permutation: int = 10000,
+    n_samples: int = 2000,
+    m_permutation: int = 4000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """One-vs-rest markers of every type present in ``calls``, one row per (type, gene).
@@ -165,7 +165,9 @@ def marker_genes(
         Gene names, ``[G]``.
     delta, n_samples, m_permutation
         scvi's δ, ``n_samples_overall`` (draws of ρ per group) and ``m_permutation``
-        (pairs of draws).
+        (pairs of draws). scvi's defaults are 5,000 and 10,000; 2,000 and 4,000 cost
+        2.5 times less (a tenth of a default fit on pbmc68k_reduced, ``fit`` computes
+        them) and estimate a probability to within ±0.008 (one standard error).
     seed
         Seeds the choice of cells, the draws of z₁ and the pairs; torch's global random
         state is restored.
