@@ -278,9 +278,11 @@ def plot_markers(
         show=False,
         return_fig=True,
     )
-    if path is not None:
-        plot.savefig(path, dpi=110, bbox_inches="tight")
-        import matplotlib.pyplot as plt
+    if path is None:
+        plot.make_figure()  # drawn, for plt.show() or a notebook
+        return plot
+    import matplotlib.pyplot as plt
 
-        plt.close("all")
+    plot.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close("all")
     return plot
