@@ -31,6 +31,7 @@ import numpy as np
 import pyro
 import scipy.sparse as sp
 import torch
+from matplotlib.ticker import NullFormatter
 from pyro import poutine
 from pyro.infer import Predictive
 from scipy.stats import spearmanr
@@ -259,6 +260,8 @@ def plot_ppc(check: PosteriorPredictiveCheck, path: str | Path | None = None) ->
         if name in LOG_SCALE:
             ax.set_xscale("log")
             ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):  # labels at the powers of ten only
+                axis.set_minor_formatter(NullFormatter())
         stats = check.summary.get(level, {}).get(name)
         subtitle = f"\nin 95% interval: {stats['coverage']:.0%}" if stats else ""
         ax.set_title(TITLES[level, name] + subtitle, fontsize=10)

@@ -273,7 +273,6 @@ def plot_markers(
         adata,
         var_names={name: chosen[name] for name in sorted(chosen)},
         groupby="type",
-        title="Top marker genes per predicted type",
         colorbar_title="mean log1p(CP10k)",
         show=False,
         return_fig=True,

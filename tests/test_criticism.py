@@ -53,7 +53,7 @@ def test_replicated_counts_are_the_zinb_of_the_guides_draws(simulated):
     module = PyroSCVAE(simulated, n_latent=4, n_hidden=16).module.eval()
     x = torch.from_numpy(simulated.X[:40].toarray())  # [40, G]
     batch = torch.from_numpy(np.arange(40) % 2)
-    n_samples = 300
+    n_samples = 150
     torch.manual_seed(0)
     replicated = replicate_counts(module, x, batch, n_samples)  # [S, 40, G]
     assert replicated.shape == (n_samples, *x.shape)
