@@ -526,7 +526,7 @@ class PyroSCVAE:
         scvi-tools' ``differential_expression(mode="change")`` on this model
         (:mod:`pyro_scvae.markers`): for the cells of each type (by default the model's
         calls on ``adata``, the training data by default) against all other cells, the
-        posterior log2 fold change of ρ, ``proba_de`` = P(|LFC| ≥ ``delta``) and its
+        posterior log2 fold change of ρ, ``proba_de`` = P(abs(LFC) ≥ ``delta``) and its
         Bayes factor. Returns one row per (type, gene), ``rank`` 1 the best marker.
         """
         from pyro_scvae.markers import marker_genes
