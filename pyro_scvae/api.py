@@ -617,6 +617,8 @@ class PyroSCVAE:
         adata: ad.AnnData | None = None,
         min_confidence: float = 0.0,
         threads: int | str | None = None,
+        majority_voting: bool = False,
+        over_clustering_resolution: float | None = None,
     ) -> ad.AnnData:
         """Write predictions, confidences, class probabilities and z₁ into ``adata`` (in place).
 
@@ -627,6 +629,11 @@ class PyroSCVAE:
         score) and ``obs["pyro_scvae_novel"]`` (above the threshold), see
         :meth:`novelty_scores`; the calls themselves stay the nearest reference type.
         ``threads`` as in :meth:`predict`.
+
+        With ``majority_voting=True`` also ``obs["pyro_scvae_over_clustering"]`` (Leiden
+        clusters of z₁ at CellTypist's resolution for this many cells, or
+        ``over_clustering_resolution``) and ``obs["pyro_scvae_majority_voting"]``, the most
+        frequent call of each cell's cluster (:mod:`pyro_scvae.voting`).
         """
         latent, logits = self._encode(*self._query_arrays(adata), threads=threads)
         probabilities = softmax(logits, self.temperature)
@@ -642,7 +649,79 @@ class PyroSCVAE:
             scores = self.novelty.score(latent)
             adata.obs["pyro_scvae_novelty"] = scores
             adata.obs["pyro_scvae_novel"] = self.novelty.is_novel(scores)
+        if majority_voting:
+            from pyro_scvae.voting import majority_voting as vote
+
+            voted = vote(latent, calls, over_clustering_resolution, seed=self.seed)
+            adata.obs["pyro_scvae_over_clustering"] = pd.Categorical(voted["over_clustering"])
+            adata.obs["pyro_scvae_majority_voting"] = pd.Categorical(voted["majority_voting"])
         return adata
+
+    # ------------------------------------------------------------------ criticism
+    def posterior_predictive_check(
+        self,
+        adata: ad.AnnData | None = None,
+        n_samples: int = 20,
+        max_cells: int = 2000,
+        seed: int | None = None,
+    ):
+        """Compare the counts with counts replicated from the fitted model.
+
+        Draws ``n_samples`` replicated data sets for up to ``max_cells`` random cells of
+        ``adata`` (the training cells by default) with ``pyro.infer.Predictive`` and
+        compares statistics per gene and per cell (:mod:`pyro_scvae.criticism`).
+
+        Returns
+        -------
+        A :class:`~pyro_scvae.criticism.PosteriorPredictiveCheck`: ``.summary`` holds the
+        numbers (as in metrics.json's ``"ppc"``); draw it with
+        :func:`~pyro_scvae.criticism.plot_ppc`.
+        """
+        from pyro_scvae.criticism import posterior_predictive_check
+
+        counts, batches = self._query_arrays(adata)
+        if adata is None or adata is self.adata:  # the cells trained on (no empty ones)
+            counts = take_rows(counts, self.training_cells)
+            batches = None if batches is None else batches[self.training_cells]
+        seed = self.seed if seed is None else seed
+        return posterior_predictive_check(
+            self.module, counts, batches, n_samples=n_samples, max_cells=max_cells, seed=seed
+        )
+
+    def marker_genes(
+        self,
+        adata: ad.AnnData | None = None,
+        calls: np.ndarray | pd.Series | None = None,
+        delta: float = 0.25,
+        n_samples: int = 2000,
+        m_permutation: int = 4000,
+        seed: int | None = None,
+    ) -> pd.DataFrame:
+        """Marker genes of each type, one-vs-rest, from the decoded expression ρ(z₁).
+
+        scvi-tools' ``differential_expression(mode="change")`` on this model
+        (:mod:`pyro_scvae.markers`): for the cells of each type (by default the model's
+        calls on ``adata``, the training data by default) against all other cells, the
+        posterior log2 fold change of ρ, ``proba_de`` = P(abs(LFC) ≥ ``delta``) and its
+        Bayes factor. Returns one row per (type, gene), ``rank`` 1 the best marker.
+        """
+        from pyro_scvae.markers import marker_genes
+
+        counts, batches = self._query_arrays(adata)
+        if calls is None:
+            calls = self.predict(adata).to_numpy()
+        seed = self.seed if seed is None else seed
+        return marker_genes(
+            self.module,
+            counts,
+            batches,
+            np.asarray(calls),
+            self.genes,
+            delta=delta,
+            n_samples=n_samples,
+            m_permutation=m_permutation,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path, overwrite: bool = False) -> None:

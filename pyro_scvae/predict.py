@@ -91,6 +91,19 @@ def build_parser() -> cli.ArgumentParser:
         default="auto",
         help="CPU threads of torch, or auto: as many as there are free cores (default: auto)",
     )
+    parser.add_argument(
+        "--majority-voting",
+        action="store_true",
+        help="also call each cell by the most frequent call of its cluster in an "
+        "over-clustering of z1 (CellTypist's majority voting): a majority_voting column "
+        "in predictions.csv and obs",
+    )
+    parser.add_argument(
+        "--markers",
+        action="store_true",
+        help="marker genes of each predicted type among these cells: markers.csv and the "
+        "dot plot markers.png",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     return parser
 
@@ -104,6 +117,7 @@ def run(args) -> None:
         atomic_output_dir,
         json_ready,
         score_labelled_query,
+        write_markers,
     )
     from pyro_scvae.preprocess import backed_cells, check_backed_layer, drop_empty_cells, read_adata
 
@@ -138,13 +152,24 @@ def run(args) -> None:
     metrics = None
     with atomic_output_dir(args.out) as out:
         annotate_and_write(
-            model, adata, settings, out, args.min_confidence, cells, threads=args.threads
+            model,
+            adata,
+            settings,
+            out,
+            args.min_confidence,
+            cells,
+            threads=args.threads,
+            majority_voting=args.majority_voting,
         )
         if args.labels_key is not None:
             metrics = score_labelled_query(adata, args.labels_key, model.classes, out, cells)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if args.fine_tune:
             model.save(out / "model")
+        if args.markers:
+            calls = model.predict(adata).to_numpy()  # without --min-confidence
+            marked = adata if cells is None else adata[cells]
+            write_markers(model, marked, out, calls if cells is None else calls[cells])
     if not args.quiet:
         calls = adata.obs["pyro_scvae_prediction"]
         calls = calls if cells is None else calls[cells].cat.remove_unused_categories()
