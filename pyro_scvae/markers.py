@@ -252,7 +252,10 @@ def plot_markers(
     """
     import scanpy as sc
 
-    chosen = top_markers(markers, n_genes)
+    # a type without a marker gene would be a group of width 0, which scanpy cannot draw
+    chosen = {name: names for name, names in top_markers(markers, n_genes).items() if names}
+    if not chosen:
+        return None
     shown = list(dict.fromkeys(g for names in chosen.values() for g in names))
     cells = np.sort(np.random.default_rng(seed).permutation(counts.shape[0])[:max_cells])
     subset = take_rows(counts, cells)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -89,3 +90,25 @@ def test_textbook_markers_of_blood_cells():
     expected["T"] = {"CD3E"}
     for name, genes in expected.items():
         assert genes & set(top[name]), (name, top[name])
+
+
+def test_dot_plot_leaves_out_a_type_without_markers(tmp_path):
+    """A called type with no marker row (a categorical type column keeps it as an empty
+    group) once made scanpy's dot plot fail ('left cannot be >= right')."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(2.0, size=(60, 6)).astype(np.float32))
+    genes = [f"g{i}" for i in range(6)]
+    calls = np.array(["A", "B", "C"] * 20)
+    table = pd.DataFrame(
+        {
+            "type": pd.Categorical(["A", "A", "B", "B"], categories=["A", "B", "C"]),
+            "gene": ["g0", "g1", "g2", "g3"],
+            "rank": [1, 2, 1, 2],
+        }
+    )
+    assert top_markers(table, 2)["C"] == []  # the empty group
+    plot = plot_markers(counts, calls, genes, table, tmp_path / "markers.png")
+    assert plot is not None and (tmp_path / "markers.png").stat().st_size > 5_000
+    assert plot_markers(counts, calls, genes, table.iloc[:0], tmp_path / "none.png") is None
