@@ -44,6 +44,8 @@ from pyro_scvae.threads import ThreadPolicy
 from pyro_scvae.training import History, train
 
 SETUP_KEY = "_pyro_scvae_setup"
+#: The batch of cells without a value in the batch column (NaN, None).
+MISSING_BATCH = "nan"
 UNASSIGNED = "Unassigned"
 #: The constructor's defaults: those of :class:`~pyro_scvae.config.ModelConfig`.
 MODEL_DEFAULTS = defaults(ModelConfig)
@@ -213,10 +215,20 @@ class PyroSCVAE:
         }
 
     def _batch_categories(self, adata: ad.AnnData) -> list[str]:
+        """The batches of the training cells; cells without a value form batch ``"nan"``."""
         key = self.setup["batch_key"]
         if key is None:
             return []
-        return sorted(map(str, adata.obs[key].dropna().unique()))
+        values = batch_values(adata.obs[key])
+        n_missing = int(adata.obs[key].isna().sum())
+        if n_missing:
+            warnings.warn(
+                f"{n_missing} cells have no value in obs['{key}'] (NaN); they form a batch "
+                f"of their own, '{MISSING_BATCH}'",
+                PyroSCVAEWarning,
+                stacklevel=3,
+            )
+        return sorted(set(values))
 
     def _batch_codes(self, adata: ad.AnnData) -> np.ndarray | None:
         key = self.setup.get("batch_key")
@@ -224,13 +236,15 @@ class PyroSCVAE:
             return None
         if key not in adata.obs:
             raise InputError(f"batch column '{key}' not found in obs of the data to annotate")
-        values = adata.obs[key].astype(str).to_numpy()
+        values = batch_values(adata.obs[key])
         index = {name: i for i, name in enumerate(self.batch_categories)}
         unknown = ~np.isin(values, self.batch_categories)
         if unknown.any():
+            without = int((unknown & (values == MISSING_BATCH)).sum())
+            note = f" ({without} of them have no batch value)" if without else ""
             warnings.warn(
-                f"{int(unknown.sum())} cells belong to batches the model was not trained on; "
-                f"they are treated as batch '{self.batch_categories[0]}'",
+                f"{int(unknown.sum())} cells belong to batches the model was not trained "
+                f"on{note}; they are treated as batch '{self.batch_categories[0]}'",
                 PyroSCVAEWarning,
                 stacklevel=3,
             )
@@ -483,3 +497,8 @@ class PyroSCVAE:
         See :func:`pyro_scvae.persistence.load_model`.
         """
         return load_model(cls, directory, device)
+
+
+def batch_values(column: pd.Series) -> np.ndarray:
+    """The batch of each cell as text, ``[cells]``; a missing value is :data:`MISSING_BATCH`."""
+    return column.astype(object).where(column.notna(), MISSING_BATCH).astype(str).to_numpy()

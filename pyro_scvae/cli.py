@@ -1,23 +1,28 @@
 """What the two commands share: argument types, one-line errors, exit statuses.
 
-A command's ``main`` parses its arguments first (this module and the parsers import
-nothing heavy, so ``--help`` and option errors come back at once) and then runs its
-work inside :func:`run_cli`, which turns an :class:`~pyro_scvae.errors.InputError` into
-``error: ...`` on stderr and exit status 2, without a traceback.
+A command's ``main`` parses its arguments and runs its work inside :func:`run_cli`
+(this module and the parsers import nothing heavy, so ``--help`` and option errors come
+back at once), which turns an :class:`~pyro_scvae.errors.InputError` into ``error: ...``
+on stderr and exit status 2, and SIGINT / SIGTERM into one line and exit status 130 /
+143 (:mod:`pyro_scvae.signals`), without a traceback. Integer options have bounds
+(:func:`integer`), so that an absurd value is an option error, not a failed allocation.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+from pyro_scvae import signals
 from pyro_scvae.errors import InputError, PyroSCVAEWarning
 
 EXIT_INPUT_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = signals.EXIT_STATUS[signal.SIGINT]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -28,18 +33,28 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT_ERROR)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def integer(low: int, high: int, name: str) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (its ``name`` in messages)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            kind = "a positive integer" if low == 1 else f"{low} or a positive integer"
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
-    return value
+#: A count of anything (cells, genes, epochs): far above any real use, below overflow.
+MAX_COUNT = 10**9
+positive_int = integer(1, MAX_COUNT, "positive_int")
+non_negative_int = integer(0, MAX_COUNT, "non_negative_int")
+#: The seeds numpy, torch and Python's random all accept.
+seed = integer(0, 2**32 - 1, "seed")
 
 
 def positive_float(text: str) -> float:
@@ -66,19 +81,35 @@ def probability(text: str) -> float:
 
 
 def run_cli(work: Callable[[], None]) -> int:
-    """Run ``work``; map bad input to exit 2 and an interruption to exit 130."""
+    """Run ``work``; map bad input to exit 2 and SIGINT / SIGTERM to exit 130 / 143.
+
+    The signals are handled from the start (:func:`pyro_scvae.signals.handled`), so
+    ``work`` should parse the arguments itself: an interruption at any point, the
+    imports of torch included, ends with one line on stderr.
+    """
     warnings.simplefilter("ignore")  # third-party chatter; our own warnings are shown:
     warnings.simplefilter("always", PyroSCVAEWarning)
     warnings.showwarning = _show_warning
-    try:
-        work()
-    except InputError as error:
-        sys.stderr.write(f"error: {error}\n")
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted: no output was written\n")
-        return EXIT_INTERRUPTED
+    with signals.handled():
+        try:
+            work()
+            signals.raise_if_pending()  # a signal third-party code swallowed
+        except InputError as error:
+            sys.stderr.write(f"error: {error}\n")
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt:
+            signum = signals.received() or signal.SIGINT
+            sys.stderr.write(interrupted_message(signum, signals.last_committed()))
+            return signals.EXIT_STATUS[signum]
     return 0
+
+
+def interrupted_message(signum: int, committed: Path | None) -> str:
+    """The one line an interruption prints: what happened to the outputs."""
+    name = signal.Signals(signum).name
+    if committed is not None:
+        return f"interrupted ({name}) after the outputs were written to {committed}/\n"
+    return f"interrupted ({name}): nothing was written, an earlier output folder is unchanged\n"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

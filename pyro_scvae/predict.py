@@ -66,8 +66,13 @@ def build_parser() -> cli.ArgumentParser:
 
 def run(args) -> None:
     """Annotate as ``args`` say; the heavy libraries are imported only here."""
+    from pyro_scvae.folders import atomic_output_dir, check_output_dir
+
+    inputs = [args.adata, args.model]
+    check_output_dir(args.out, inputs)  # before the model and the data are read
+
     from pyro_scvae.api import PyroSCVAE
-    from pyro_scvae.outputs import annotate_and_write, atomic_output_dir, json_ready
+    from pyro_scvae.outputs import annotate_and_write, json_ready
     from pyro_scvae.preprocess import backed_cells, check_backed_layer, drop_empty_cells, read_adata
 
     check_backed_layer(args.backed, args.layer)
@@ -82,7 +87,7 @@ def run(args) -> None:
     if cells is None:
         adata = drop_empty_cells(adata, model.setup["layer"])
     settings = json_ready({**vars(args), "classes": model.classes})
-    with atomic_output_dir(args.out) as out:
+    with atomic_output_dir(args.out, "predict", inputs) as out:
         annotate_and_write(
             model, adata, settings, out, args.min_confidence, cells, threads=args.threads
         )
@@ -95,8 +100,7 @@ def run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run_cli(lambda: run(args))
+    return cli.run_cli(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
