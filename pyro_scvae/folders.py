@@ -136,7 +136,7 @@ def write_marker(folder: Path, command: str) -> None:
     from pyro_scvae import __version__
 
     marker = {"pyro_scvae": __version__, "command": command, "written": sorted(entries(folder))}
-    write_atomically(folder / MARKER, json.dumps(marker, indent=1).encode())
+    write_atomically(folder / MARKER, (json.dumps(marker, indent=1) + "\n").encode())
 
 
 def write_atomically(path: Path, content: bytes) -> None:
@@ -169,20 +169,31 @@ def atomic_output_dir(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
     staging.mkdir()  # mode 0777 less the umask
+    _open.append(staging)
     try:
         yield staging
         signals.raise_if_pending()  # an interruption swallowed by third-party code
         write_marker(staging, command)
         refuse_foreign_contents(out, f"{option} {out}")  # files may have appeared since the check
         with signals.deferred():
-            swap_in(staging, out)
+            swap_in(staging, out, outermost=len(_open) == 1)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _open.pop()
 
 
-def swap_in(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an earlier ``out`` is deleted once the new one is there."""
+#: The folders of :func:`atomic_output_dir` being written (one inside another: a model).
+_open: list[Path] = []
+
+
+def swap_in(staging: Path, out: Path, outermost: bool = True) -> None:
+    """Rename ``staging`` to ``out``; an earlier ``out`` is deleted once the new one is there.
+
+    ``outermost``: ``out`` is not inside another folder being written, so the run's
+    outputs are now in place (:func:`pyro_scvae.signals.committed`).
+    """
     previous = out.with_name(f".{out.name}.previous-{secrets.token_hex(4)}")
     had_previous = out.exists()
     if had_previous:
@@ -193,7 +204,8 @@ def swap_in(staging: Path, out: Path) -> None:
         if had_previous:
             previous.rename(out)
         raise
-    signals.committed(out)
+    if outermost:
+        signals.committed(out)
     if had_previous:
         shutil.rmtree(previous, ignore_errors=True)
 

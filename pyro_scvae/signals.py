@@ -50,8 +50,9 @@ def handled() -> Iterator[None]:
     """SIGINT and SIGTERM raise inside the block; the earlier handlers come back after it."""
     previous = {signum: signal.getsignal(signum) for signum in EXIT_STATUS}
     _state.received, _state.deferring, _state.committed = None, False, None
-    for signum in EXIT_STATUS:
-        signal.signal(signum, _handler)
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # a signal the parent ignores (nohup, `&`) stays so
+            signal.signal(signum, _handler)
     try:
         yield
     finally:
