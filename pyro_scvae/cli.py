@@ -33,6 +33,13 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT_ERROR)
 
 
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the package's version, printed at once (nothing heavy is imported)."""
+    from pyro_scvae import __version__
+
+    parser.add_argument("--version", action="version", version=f"pyro_scvae {__version__}")
+
+
 def integer(low: int, high: int, name: str) -> Callable[[str], int]:
     """An argparse type: an integer from ``low`` to ``high`` (its ``name`` in messages)."""
 

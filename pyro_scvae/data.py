@@ -7,6 +7,7 @@ wrong and what to do; the command line turns it into a one-line error.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
@@ -500,20 +501,49 @@ def check_counts(values: np.ndarray, where: str = ".X") -> None:
         )
 
 
+#: Label values that usually mean "no label" when they appear as a cell type (lower case).
+PLACEHOLDER_LABELS = ("unknown", "na", "n/a", "nan", "none", "unassigned", "unlabeled")
+
+
+def warn_placeholder_classes(labels: pd.Series) -> None:
+    """Warn for each label value that looks like "no label" but is about to become a type."""
+    counts = labels.value_counts()
+    for name, n in counts.items():
+        if name.strip().lower() in PLACEHOLDER_LABELS:
+            warnings.warn(
+                f"the label {name!r} ({n} cells) becomes a cell type of its own; if it means "
+                f"'no label', pass --unlabeled-category {name!r} "
+                "(Python: setup_anndata(..., unlabeled_category=...))",
+                PyroSCVAEWarning,
+                stacklevel=3,
+            )
+
+
+def unlabelled(labels: pd.Series, unlabeled_category: str | None) -> np.ndarray:
+    """Which cells have no label ``[cells]``: missing, blank or ``unlabeled_category``."""
+    as_text = labels.astype(object)
+    missing = as_text.isna().to_numpy()
+    blank = np.array([isinstance(v, str) and not v.strip() for v in as_text])  # no type's name
+    missing |= blank.astype(bool)
+    if unlabeled_category is not None:
+        missing |= (as_text == unlabeled_category).to_numpy()
+    return missing
+
+
 def encode_labels(
     labels: pd.Series, unlabeled_category: str | None, classes: list[str] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Integer codes for cell-type labels, ``-1`` for unlabelled cells.
 
-    Missing values always mean "no label"; so does ``unlabeled_category`` where given.
+    Missing values and empty strings always mean "no label"; so does
+    ``unlabeled_category`` where given.
     ``classes`` fixes the code order (when applying a trained model).
     """
     as_text = labels.astype(object).where(labels.notna(), None)
-    is_labelled = as_text.notna().to_numpy()
-    if unlabeled_category is not None:
-        is_labelled &= (as_text != unlabeled_category).to_numpy()
+    is_labelled = ~unlabelled(labels, unlabeled_category)
     if classes is None:
         classes = sorted({str(v) for v in as_text[is_labelled]})
+        warn_placeholder_classes(as_text[is_labelled].astype(str))
     index = {name: i for i, name in enumerate(classes)}
     codes = np.full(len(labels), -1, dtype=np.int64)
     codes[is_labelled] = [index.get(str(v), -1) for v in as_text[is_labelled]]

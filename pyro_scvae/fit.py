@@ -46,6 +46,10 @@ MODEL_OPTIONS = {
 }
 
 
+#: Names that say what an option takes, given first; the older name stays as an alias.
+CLEARER_NAMES = {"balance_classes": ["--class-weight-power"]}
+
+
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(
         prog="python -m pyro_scvae.fit",
@@ -53,6 +57,7 @@ def build_parser() -> cli.ArgumentParser:
         "labels, and annotate every cell. Without --adata it runs on the embedded "
         "pbmc68k_reduced data.",
     )
+    cli.add_version(parser)
     data = parser.add_argument_group("data")
     data.add_argument(
         "--adata",
@@ -104,9 +109,8 @@ def build_parser() -> cli.ArgumentParser:
             how = {"choices": kind, "default": default}
         else:
             how = {"type": kind, "default": kind(default)}  # True → 1.0 for balance_classes
-        model.add_argument(
-            "--" + name.replace("_", "-"), help=f"{help_text} (default: %(default)s)", **how
-        )
+        flags = [*CLEARER_NAMES.get(name, []), "--" + name.replace("_", "-")]
+        model.add_argument(*flags, dest=name, help=f"{help_text} (default: %(default)s)", **how)
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
@@ -150,29 +154,41 @@ def build_parser() -> cli.ArgumentParser:
         "--device",
         choices=["auto", "cpu", "cuda"],
         default="auto",
-        help="where to train; auto uses a GPU when present (default: auto)",
+        help="where a single process trains; auto uses a GPU when present (default: auto)",
     )
-    training.add_argument(
+    ddp = parser.add_argument_group(
+        "several devices (training through PyTorch Lightning with DDP; one process per "
+        "device, see docs/large_data.md)"
+    )
+    ddp.add_argument(
+        "--ddp-devices",
         "--devices",
+        dest="devices",
         type=cli.integer(1, 1024, "positive_int"),
         default=1,
-        help="train with PyTorch Lightning and DDP on this many devices (GPUs, or CPU "
-        "processes with --accelerator cpu) per node; each step averages the gradients "
-        "of one minibatch per device (default: 1, no Lightning)",
+        metavar="N",
+        help="DDP processes per machine: GPUs, or CPU processes with --ddp-accelerator cpu; "
+        "each step averages the gradients of one minibatch per process (default: 1, no "
+        "Lightning; --device then says where the single process trains)",
     )
-    training.add_argument(
+    ddp.add_argument(
+        "--ddp-accelerator",
         "--accelerator",
+        dest="accelerator",
         choices=["auto", "cpu", "gpu"],
         default="auto",
-        help="Lightning accelerator for --devices; cpu or gpu also trains through "
-        "Lightning with --devices 1 (default: auto, GPUs when present)",
+        help="what the DDP processes run on; cpu or gpu also trains through Lightning with "
+        "one process (default: auto, GPUs when present)",
     )
-    training.add_argument(
+    ddp.add_argument(
+        "--ddp-nodes",
         "--num-nodes",
+        dest="num_nodes",
         type=cli.positive_int,
         default=1,
-        help="machines taking part in DDP training, each running --devices processes; "
-        "see the README for the environment variables (default: 1)",
+        metavar="M",
+        help="machines taking part, each running --ddp-devices processes; see "
+        "docs/large_data.md for the environment variables (default: 1)",
     )
     training.add_argument(
         "--threads",

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 
 from pyro_scvae.api import PyroSCVAE
+from pyro_scvae.data import unlabelled as data_unlabelled
 from pyro_scvae.data import write_h5ad_rows
-from pyro_scvae.errors import PyroSCVAEWarning
+from pyro_scvae.errors import InputError, PyroSCVAEWarning
 from pyro_scvae.evaluation import (
+    classification_metrics,
     plot_confusion,
     plot_elbo,
     plot_risk_coverage,
@@ -78,6 +80,36 @@ def annotate_and_write(
         write_h5ad_rows(adata, np.flatnonzero(cells), out / "annotated.h5ad")
 
 
+def annotation_counts(calls: pd.Series) -> dict[str, int]:
+    """Cells per call, most frequent first (``Unassigned`` among them)."""
+    return {str(k): int(v) for k, v in calls.astype(str).value_counts().items()}
+
+
+def score_labelled_query(
+    adata: ad.AnnData, labels_key: str, classes: list[str], out: Path, cells: np.ndarray | None
+) -> dict:
+    """``predict --labels-key``: the calls against the query's own labels.
+
+    Returns the metrics of :func:`~pyro_scvae.evaluation.classification_metrics` over the
+    labelled cells, plus ``types_unknown_to_model`` (labels the model cannot call: each of
+    their cells counts as an error), and draws ``confusion.png``.
+    """
+    if labels_key not in adata.obs:
+        raise InputError(f"--labels-key {labels_key!r} is not a column of obs")
+    keep = adata.obs[labels_key].notna().to_numpy()
+    if cells is not None:
+        keep &= cells
+    if not keep.any():
+        raise InputError(f"obs[{labels_key!r}] holds no label to score the calls against")
+    truth = adata.obs[labels_key].astype(str).to_numpy()[keep]
+    calls = adata.obs["pyro_scvae_prediction"].astype(str).to_numpy()[keep]
+    probabilities = adata.obsm["pyro_scvae_probabilities"].to_numpy()[keep]
+    metrics = classification_metrics(truth, calls, probabilities)
+    metrics["types_unknown_to_model"] = sorted(set(truth) - set(classes))
+    plot_confusion(truth, calls, out / "confusion.png", title=f"Labelled cells (n={keep.sum()})")
+    return metrics
+
+
 def write_outputs(
     model, adata, training_adata, settings, out: Path, args, cells: np.ndarray | None
 ) -> dict:
@@ -99,6 +131,7 @@ def write_outputs(
         "temperature": model.temperature,
         "selection": selection_summary(model),
         "threads": history.threads_summary or None,  # torch threads of training
+        "annotated": annotated_summary(adata, model.setup, cells),
     }
     if model.distributed_run is not None:  # trained through Lightning
         metrics["distributed"] = {
@@ -151,6 +184,17 @@ def plot_cells(model: PyroSCVAE, adata: ad.AnnData, seed: int, path: Path) -> No
     )
 
 
+def annotated_summary(adata: ad.AnnData, setup: dict, cells: np.ndarray | None) -> dict:
+    """Cells per call, over every cell and over the unlabelled ones (what was annotated)."""
+    obs = adata.obs if cells is None else adata.obs[cells]
+    calls = obs["pyro_scvae_prediction"]
+    unlabelled = data_unlabelled(obs[setup["labels_key"]], setup.get("unlabeled_category"))
+    return {
+        "all_cells": annotation_counts(calls),
+        "unlabelled_cells": annotation_counts(calls[unlabelled]),
+    }
+
+
 def threads_note(summary: dict | None) -> str:
     """``", 1 thread"`` from metrics.json's ``threads`` (nothing when unknown)."""
     if not summary:
@@ -172,5 +216,9 @@ def print_summary(model: PyroSCVAE, metrics: dict, adata: ad.AnnData, out: Path)
             f"held-out labelled cells (n={validation['n_cells']}): accuracy "
             f"{validation['accuracy']:.3f}, macro-F1 {validation['macro_f1']:.3f}"
         )
+    annotated = metrics["annotated"]["unlabelled_cells"]
+    if annotated:
+        counts = ", ".join(f"{name} {n}" for name, n in annotated.items())
+        lines.append(f"annotated {sum(annotated.values())} unlabelled cells: {counts}")
     lines.append(f"outputs written to {out}/")
     print("\n".join(lines))

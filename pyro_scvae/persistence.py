@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
+from pyro_scvae import __version__
 from pyro_scvae.config import ModelConfig, TrainingConfig
 from pyro_scvae.errors import InputError
 from pyro_scvae.folders import atomic_output_dir, write_atomically
@@ -50,6 +51,7 @@ def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False)
         raise InputError(f"{directory} exists and is not empty; pass overwrite=True")
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
     config = {
+        "pyro_scvae_version": __version__,  # of the package that saved it
         "model": model.config.to_dict(),
         "classes": model.classes,
         "genes": model.genes,

@@ -9,6 +9,7 @@ and are read in chunks: memory grows with the number of cells only through the o
 
 from __future__ import annotations
 
+import json
 import sys
 
 from pyro_scvae import cli
@@ -21,6 +22,7 @@ def build_parser() -> cli.ArgumentParser:
         description="Annotate the cells of an .h5ad file with a model saved by "
         "pyro_scvae.fit (its --out folder contains model/).",
     )
+    cli.add_version(parser)
     parser.add_argument(
         "--model",
         metavar="DIR",
@@ -29,6 +31,11 @@ def build_parser() -> cli.ArgumentParser:
     )
     parser.add_argument("--adata", metavar="PATH", required=True, help=".h5ad file of raw counts")
     parser.add_argument("--layer", help="layer holding the raw counts (default: the model's)")
+    parser.add_argument(
+        "--labels-key",
+        help="obs column of known cell types of these cells: scores the calls against them "
+        "(metrics.json, confusion.png); missing values are left out",
+    )
     parser.add_argument(
         "--backed",
         action="store_true",
@@ -72,7 +79,8 @@ def run(args) -> None:
     check_output_dir(args.out, inputs)  # before the model and the data are read
 
     from pyro_scvae.api import PyroSCVAE
-    from pyro_scvae.outputs import annotate_and_write, json_ready
+    from pyro_scvae.errors import InputError
+    from pyro_scvae.outputs import annotate_and_write, json_ready, score_labelled_query
     from pyro_scvae.preprocess import backed_cells, check_backed_layer, drop_empty_cells, read_adata
 
     check_backed_layer(args.backed, args.layer)
@@ -82,21 +90,34 @@ def run(args) -> None:
     elif args.layer is not None:
         model.setup["layer"] = args.layer
     adata = read_adata(args.adata, backed=args.backed)
+    if args.labels_key is not None and args.labels_key not in adata.obs:
+        raise InputError(f"--labels-key {args.labels_key!r} is not a column of obs in {args.adata}")
     # A backed AnnData cannot be copied: its cells without counts are left out when writing.
     cells = backed_cells(adata)
     if cells is None:
         adata = drop_empty_cells(adata, model.setup["layer"])
     settings = json_ready({**vars(args), "classes": model.classes})
+    metrics = None
     with atomic_output_dir(args.out, "predict", inputs) as out:
         annotate_and_write(
             model, adata, settings, out, args.min_confidence, cells, threads=args.threads
         )
+        if args.labels_key is not None:
+            metrics = score_labelled_query(adata, args.labels_key, model.classes, out, cells)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if not args.quiet:
         calls = adata.obs["pyro_scvae_prediction"]
         calls = calls if cells is None else calls[cells].cat.remove_unused_categories()
         threads = model.prediction_threads.describe(short=True)
         print(f"annotated {len(calls)} cells ({threads}); outputs written to {args.out}/")
         print(calls.value_counts().to_string())
+        if metrics is not None:
+            unknown = metrics["types_unknown_to_model"]
+            print(
+                f"against obs[{args.labels_key!r}] (n={metrics['n_cells']}): accuracy "
+                f"{metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+                + (f"; types the model does not know: {', '.join(unknown)}" if unknown else "")
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,7 +142,10 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs"] == 3 and metrics["n_genes"] == 40
+    # 3 epochs with 30 % of the labels held out, then from the best of them 3 more (the
+    # patience) with every label
+    assert metrics["epochs_trained"] == 6 and metrics["n_genes"] == 40
+    assert metrics["epochs"] == metrics["selection"]["best_epoch"] + 3
     assert metrics["cells_per_second"] > 0 and metrics["train_seconds"] > 0
     assert np.isfinite(metrics["final_elbo_per_cell"])
     validation = metrics["validation"]
@@ -322,6 +325,7 @@ def test_bad_files_keys_and_options(h5ad, tmp_path, capsys):
     garbage = tmp_path / "garbage.h5ad"
     garbage.write_bytes(b"this is not hdf5")
     base = ["--adata", str(h5ad), "--labels-key", "label", "--out", str(tmp_path / "o"), *FAST]
+    base += ["--unlabeled-category", "unassigned"]
     cases = [
         (["--adata", str(tmp_path / "missing.h5ad"), "--labels-key", "x"], "file not found"),
         (["--adata", str(garbage), "--labels-key", "x"], "cannot read .* as an .h5ad"),
@@ -359,7 +363,19 @@ def test_query_without_shared_genes_fails_and_keeps_earlier_results(h5ad, tmp_pa
     fails_with(
         capsys,
         fit.main,
-        ["--adata", str(h5ad), "--labels-key", "label", "--query", query, "--out", str(out), *FAST],
+        [
+            "--adata",
+            str(h5ad),
+            "--labels-key",
+            "label",
+            "--unlabeled-category",
+            "unassigned",
+            "--query",
+            query,
+            "--out",
+            str(out),
+            *FAST,
+        ],
         "only 0 of the model's 80 genes",
     )
     assert (out / "earlier.txt").read_text() == "results of an earlier run"

@@ -487,7 +487,9 @@ def test_missing_batch_values_form_a_batch_of_their_own():
     without = adata[7:].copy()
     PyroSCVAE.setup_anndata(without, "label", batch_key="batch")
     trained_without = PyroSCVAE(without)
-    with pytest.warns(PyroSCVAEWarning, match="7 cells belong to batches .*7 of them have no batch value"):
+    with pytest.warns(
+        PyroSCVAEWarning, match="7 cells belong to batches .*7 of them have no batch value"
+    ):
         trained_without._batch_codes(adata)
 
 
