@@ -132,6 +132,7 @@ def load_model(cls: type[PyroSCVAE], directory: str | Path, device: str = "auto"
 #: The keys of ``config.json``: those every saved model has, and those it may have.
 REQUIRED_KEYS = {"model", "classes", "genes", "batch_categories", "setup", "seed"}
 OPTIONAL_KEYS = {
+    "pyro_scvae_version",
     "calibration",
     "selection",
     "training",
