@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -222,13 +223,13 @@ def test_save_replaces_only_a_model_folder_of_its_own(trained, tmp_path):
 def duplicated(tmp_path_factory) -> Path:
     """400 cells, every fifth named as the one before it; two genes share a name."""
     adata = simulate_counts(n_cells=400, n_genes=40, n_classes=3, labelled_fraction=0.6, seed=8)
-    names = [f"cell{i - (i % 5 == 4)}" for i in range(400)]
-    adata.obs_names = names
     genes = list(adata.var_names)
     genes[7] = genes[3]
-    adata.var_names = genes
     path = tmp_path_factory.mktemp("dup") / "dup.h5ad"
-    with pytest.warns(UserWarning):  # anndata's own warning about the names
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's own notes on the repeated names
+        adata.obs_names = [f"cell{i - (i % 5 == 4)}" for i in range(400)]
+        adata.var_names = genes
         adata.write_h5ad(path)
     return path
 
@@ -508,10 +509,12 @@ def start_fit(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
     lines: list[str] = []
 
     def read():
-        for line in process.stderr:
-            lines.extend(line.replace("\r", "\n").splitlines())
+        with process.stderr:
+            for line in process.stderr:
+                lines.extend(line.replace("\r", "\n").splitlines())
 
-    threading.Thread(target=read, daemon=True).start()
+    process.reader = threading.Thread(target=read, daemon=True)
+    process.reader.start()
     return process, lines
 
 
@@ -525,7 +528,7 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None
 
 def interrupted_cleanly(process, lines, signum, workdir: Path, before: dict) -> None:
     status = process.wait(timeout=120)
-    time.sleep(0.2)  # the reader thread's last lines
+    process.reader.join(timeout=10)  # the last lines
     assert status == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], lines[-5:]
     assert not any("Traceback" in line or "Exception ignored" in line for line in lines), lines
     name = signal.Signals(signum).name
