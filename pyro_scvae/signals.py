@@ -4,15 +4,17 @@ Inside :func:`handled` both signals raise an interruption in the main thread
 (:class:`KeyboardInterrupt`, or its subclass :class:`Terminated` for SIGTERM), once: a
 second signal is only remembered, so that the clean-up the first one started runs to its
 end. Third-party code can swallow the exception (one raised inside a ``__del__`` or a
-callback is printed as "Exception ignored" and dropped); the signal is remembered, and
-:func:`raise_if_pending` raises it again where it matters: before outputs are swapped
-in. While :func:`deferred` runs (the swap itself) a signal waits until it is done.
+callback is dropped, and would be printed as "Exception ignored"); the signal is
+remembered instead, and :func:`raise_if_pending` raises it again where it matters:
+after the UMAP and before outputs are swapped in. While :func:`deferred` runs (the
+swap itself) a signal waits until it is done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,11 +55,24 @@ def handled() -> Iterator[None]:
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:  # a signal the parent ignores (nohup, `&`) stays so
             signal.signal(signum, _handler)
+    unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_about_interruptions(unraisable_hook)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _quiet_about_interruptions(hook):
+    """``hook`` silent on a dropped KeyboardInterrupt ("Exception ignored"): it is re-raised."""
+
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    return quiet
 
 
 def received() -> int | None:
