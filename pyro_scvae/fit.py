@@ -255,7 +255,8 @@ def build_parser() -> cli.ArgumentParser:
         "--out",
         metavar="DIR",
         default="pyro_scvae_out",
-        help="output folder, replaced only when the run succeeds (default: ./pyro_scvae_out)",
+        help="output folder, replaced only when the run succeeds, and only if it is empty "
+        "or was written by pyro_scvae (default: ./pyro_scvae_out)",
     )
     output.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return parser

@@ -53,7 +53,8 @@ def build_parser() -> cli.ArgumentParser:
         "--out",
         metavar="DIR",
         default="pyro_scvae_predictions",
-        help="output folder (default: ./pyro_scvae_predictions)",
+        help="output folder, replaced only when the run succeeds, and only if it is empty "
+        "or was written by pyro_scvae (default: ./pyro_scvae_predictions)",
     )
     parser.add_argument(
         "--device",
