@@ -30,7 +30,17 @@ from anndata.utils import make_index_unique
 from conftest import REPO, shared_file
 from safetensors.torch import load_file, save_file
 
-from pyro_scvae import InputError, PyroSCVAE, PyroSCVAEWarning, fit, folders, predict, preprocess
+from pyro_scvae import (
+    InputError,
+    PyroSCVAE,
+    PyroSCVAEWarning,
+    cli,
+    fit,
+    folders,
+    predict,
+    preprocess,
+    signals,
+)
 from pyro_scvae.simulate import simulate_counts
 
 FAST = ["--epochs", "2", "--quiet"]
@@ -582,3 +592,60 @@ def test_signal_while_the_outputs_are_written(signum, moment, signal_folder):
     wait_for(lambda: any(workdir.glob(f".o.partial-*/{moment}")), process)
     process.send_signal(signum)
     interrupted_cleanly(process, lines, signum, workdir, before)
+
+
+def test_a_swallowed_interruption_still_stops_the_swap(tmp_path):
+    """Ctrl-C caught by third-party code (as numba did in the UMAP): --out is not replaced."""
+    out = earlier_output(tmp_path / "o")
+    before = snapshot(tmp_path)
+    with signals.handled():
+        with pytest.raises(KeyboardInterrupt):
+            with folders.atomic_output_dir(out) as staging:
+                (staging / "predictions.csv").write_text("new")
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1)  # the handler runs here
+                except KeyboardInterrupt:
+                    pass  # swallowed
+    assert snapshot(tmp_path) == before
+
+
+def test_a_signal_during_the_swap_waits_for_it(tmp_path, monkeypatch, capsys):
+    """SIGTERM between the two renames: the new folder is put in place, then the run stops."""
+    out = earlier_output(tmp_path / "o")
+    swap_in = folders.swap_in
+
+    def interrupted_swap(staging, target, outermost=True):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here and only notes the signal
+        swap_in(staging, target, outermost)
+
+    monkeypatch.setattr(folders, "swap_in", interrupted_swap)
+
+    def work():
+        with folders.atomic_output_dir(out) as staging:
+            (staging / "predictions.csv").write_text("new")
+
+    assert cli.run_cli(work) == 143
+    assert (
+        capsys.readouterr().err
+        == f"interrupted (SIGTERM) after the outputs were written to {out}/\n"
+    )
+    assert (out / "predictions.csv").read_text() == "new"
+    assert folders.read_marker(out) == ["predictions.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # the earlier folder is gone
+
+
+@pytest.mark.slow
+def test_fit_on_the_real_subset_where_loess_fails(pbmc_subset, tmp_path, capsys):
+    path = tmp_path / "subset.h5ad"
+    pbmc_subset.write_h5ad(path)
+    args = ["--adata", str(path), "--labels-key", "cell_type", "--n-top-genes", "1000"]
+    status, err = run(fit.main, [*args, "--out", str(tmp_path / "o"), *FAST], capsys)
+    assert status == 0, err
+    assert err == [
+        "warning: scanpy's seurat_v3 trend (loess, span 0.3) cannot be fitted on these cells; "
+        "the 1000 highly variable genes were chosen with span 0.5"
+    ]
+    config = json.loads((tmp_path / "o" / "model" / "config.json").read_text())
+    assert config["model"]["n_genes"] == 1000
