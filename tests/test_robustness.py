@@ -649,3 +649,31 @@ def test_fit_on_the_real_subset_where_loess_fails(pbmc_subset, tmp_path, capsys)
     ]
     config = json.loads((tmp_path / "o" / "model" / "config.json").read_text())
     assert config["model"]["n_genes"] == 1000
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--seed", "-1"], "--seed: must be 0 or a positive integer"),
+        (["--out", "."], "is the working directory"),
+        (["--epochs", "1000000"], "--epochs: must be at most 100000"),
+    ],
+)
+def test_option_and_out_errors_come_before_torch_is_imported(args, pattern, tmp_path):
+    program = (
+        "import sys\nfrom pyro_scvae import fit\n"
+        "try:\n    status = fit.main(sys.argv[1:])\nexcept SystemExit as exit_:\n"
+        "    status = exit_.code\nprint(status, 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", program, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["2", "False"], result  # exit 2, torch not loaded
+    assert re.search(pattern, result.stderr) and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
