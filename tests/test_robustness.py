@@ -515,6 +515,7 @@ def start_fit(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=heed_sigint,  # pytest may run as a background job, which ignores SIGINT
     )
     lines: list[str] = []
 
@@ -526,6 +527,18 @@ def start_fit(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
     process.reader = threading.Thread(target=read, daemon=True)
     process.reader.start()
     return process, lines
+
+
+def heed_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_heeded():
+    """SIGINT not ignored in this process (as it is in a job started with ``&``)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -594,7 +607,18 @@ def test_signal_while_the_outputs_are_written(signum, moment, signal_folder):
     interrupted_cleanly(process, lines, signum, workdir, before)
 
 
-def test_a_swallowed_interruption_still_stops_the_swap(tmp_path):
+def test_an_ignored_sigint_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals.handled():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_swallowed_interruption_still_stops_the_swap(tmp_path, sigint_heeded):
     """Ctrl-C caught by third-party code (as numba did in the UMAP): --out is not replaced."""
     out = earlier_output(tmp_path / "o")
     before = snapshot(tmp_path)
