@@ -336,7 +336,14 @@ def umap_coordinates(latent: np.ndarray, seed: int = 0) -> np.ndarray:
 
     holder = ad.AnnData(np.zeros((latent.shape[0], 0), dtype=np.float32))
     holder.obsm["X_latent"] = latent
-    sc.pp.neighbors(holder, use_rep="X_latent", n_neighbors=min(15, latent.shape[0] - 1))
+    # Exact neighbours (scikit-learn): from 4,096 cells scanpy 1.11 would take pynndescent,
+    # whose csr_array it then cannot read (AttributeError: no getnnz) with scipy 1.17.
+    sc.pp.neighbors(
+        holder,
+        use_rep="X_latent",
+        n_neighbors=min(15, latent.shape[0] - 1),
+        transformer="sklearn",
+    )
     sc.tl.umap(holder, random_state=seed)
     return holder.obsm["X_umap"]
 

@@ -169,3 +169,22 @@ def test_confusion_scales_to_many_types():
     ticks = fig.axes[0].get_yticklabels()
     assert len(ticks) == 45 and all(" (n=" in t.get_text() for t in ticks)
     assert width > 3 * small[0] and height > 3 * small[1]
+
+
+def test_umap_of_more_cells_than_scanpy_takes_exact_neighbours_for():
+    """From 4,096 cells scanpy 1.11 switches to pynndescent, whose graph it cannot read with
+    scipy 1.17 once pynndescent searches approximately (between 6,000 and 8,617 cells here;
+    ``fit`` failed at its last step on every such data set)."""
+    from pyro_scvae.evaluation import umap_coordinates
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=5.0, size=(3, 10))
+    groups = np.repeat(np.arange(3), 2900)  # 8,700 cells
+    latent = (centres[groups] + rng.normal(size=(8700, 10))).astype(np.float32)
+    coordinates = umap_coordinates(latent, seed=0)
+    assert coordinates.shape == (8700, 2) and np.isfinite(coordinates).all()
+    # the three groups stay apart on the map: each cell's nearest mapped neighbour is of its group
+    from sklearn.neighbors import NearestNeighbors
+
+    _, nearest = NearestNeighbors(n_neighbors=2).fit(coordinates).kneighbors(coordinates)
+    assert (groups[nearest[:, 1]] == groups).mean() > 0.99
