@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import warnings
@@ -109,6 +110,21 @@ def run_cli(work: Callable[[], None]) -> int:
             sys.stderr.write(interrupted_message(signum, signals.last_committed()))
             return signals.EXIT_STATUS[signum]
     return 0
+
+
+def exit_process(status: int) -> None:
+    """End the command's process with ``status`` (what ``python -m`` calls with ``main()``).
+
+    After an interruption (130, 143), the clean-up done, the process ends at once with
+    ``os._exit`` once stdout and stderr are flushed: a handled Ctrl-C during the imports of
+    torch was seen (rarely, on a loaded machine) to end the interpreter by SIGINT at exit
+    nonetheless, status -2 instead of 130.
+    """
+    if status in signals.EXIT_STATUS.values():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def interrupted_message(signum: int, committed: Path | None) -> str:

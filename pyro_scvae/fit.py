@@ -10,7 +10,6 @@ metrics, the stopping epoch, the calibration); then every label is learnt
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pyro_scvae import cli
@@ -354,4 +353,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

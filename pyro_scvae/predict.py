@@ -10,7 +10,6 @@ and are read in chunks: memory grows with the number of cells only through the o
 from __future__ import annotations
 
 import json
-import sys
 
 from pyro_scvae import cli
 from pyro_scvae.threads import threads_argument
@@ -126,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())
