@@ -30,7 +30,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import anndata as ad
@@ -514,7 +514,7 @@ def fit_predict_pyro_scvae(
 
 
 def fit_predict_pyro_scvae_cli(
-    adata: ad.AnnData, seed: int, *, epochs: int | None = None
+    adata: ad.AnnData, seed: int, *, epochs: int | None = None, extra_args: Sequence[str] = ()
 ) -> MethodResult:
     """pyro_scvae as a user of the command line gets it: ``python -m pyro_scvae.fit``.
 
@@ -530,6 +530,8 @@ def fit_predict_pyro_scvae_cli(
         See the module docstring.
     epochs
         ``--epochs`` (``None``: the command's default).
+    extra_args
+        More options of the command (studies of a default: ``benchmarks/cli_study.py``).
 
     Returns
     -------
@@ -558,6 +560,7 @@ def fit_predict_pyro_scvae_cli(
             command += ["--batch-key", "batch"]
         if epochs is not None:
             command += ["--epochs", str(epochs)]
+        command += list(extra_args)
         info["command"] = " ".join(command[1:])
         with _timer(info, "train_s"):
             result = subprocess.run(command, capture_output=True, text=True)

@@ -14,6 +14,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 import warnings
@@ -39,6 +40,7 @@ from pyro_scvae.errors import InputError, PyroSCVAEWarning
 from pyro_scvae.fitting import select_and_refit
 from pyro_scvae.genes import match_genes
 from pyro_scvae.model import HierarchicalVAE
+from pyro_scvae.novelty import NoveltyReference, fit_novelty
 from pyro_scvae.persistence import load_model, save_model
 from pyro_scvae.threads import ThreadPolicy
 from pyro_scvae.training import History, train
@@ -47,12 +49,14 @@ SETUP_KEY = "_pyro_scvae_setup"
 #: The batch of cells without a value in the batch column (NaN, None).
 MISSING_BATCH = "nan"
 UNASSIGNED = "Unassigned"
+#: The call of a cell unlike every reference type (``predict(..., novelty=True)``).
+NOVEL = "novel"
 #: The constructor's defaults: those of :class:`~pyro_scvae.config.ModelConfig`.
 MODEL_DEFAULTS = defaults(ModelConfig)
 #: ``fit``'s defaults: those of :class:`~pyro_scvae.config.TrainingConfig`.
 TRAINING_DEFAULTS = defaults(TrainingConfig)
 
-__all__ = ["PyroSCVAE", "default_epochs", "match_genes", "UNASSIGNED"]
+__all__ = ["PyroSCVAE", "default_epochs", "match_genes", "NOVEL", "UNASSIGNED"]
 
 
 class PyroSCVAE:
@@ -169,6 +173,8 @@ class PyroSCVAE:
         self.train_seconds: float | None = None
         self.distributed_run = None  # a DistributedRun after training through Lightning
         self.prediction_threads: ThreadPolicy | None = None  # of the last prediction
+        self.novelty: NoveltyReference | None = None  # set by fit (pyro_scvae.novelty)
+        self.mapping: dict | None = None  # what map_query did, on a mapped model
 
     def new_module(self) -> HierarchicalVAE:
         """The networks with their initial weights (seeded by ``seed``): the untrained model."""
@@ -231,6 +237,12 @@ class PyroSCVAE:
         return sorted(set(values))
 
     def _batch_codes(self, adata: ad.AnnData) -> np.ndarray | None:
+        """Codes of ``adata``'s batches; -1 (with a warning) for batches the model lacks.
+
+        A cell of an unseen batch is encoded and decoded with the average of the training
+        batches' effects (:meth:`~pyro_scvae.model.HierarchicalVAE.batch_inputs`); it is
+        never put in one training batch. :meth:`map_query` learns the new batches instead.
+        """
         key = self.setup.get("batch_key")
         if key is None or not self.batch_categories:
             return None
@@ -240,15 +252,18 @@ class PyroSCVAE:
         index = {name: i for i, name in enumerate(self.batch_categories)}
         unknown = ~np.isin(values, self.batch_categories)
         if unknown.any():
+            names = ", ".join(f"'{v}'" for v in sorted(set(values[unknown])))
             without = int((unknown & (values == MISSING_BATCH)).sum())
-            note = f" ({without} of them have no batch value)" if without else ""
+            note = f"; {without} of them have no batch value" if without else ""
             warnings.warn(
-                f"{int(unknown.sum())} cells belong to batches the model was not trained "
-                f"on{note}; they are treated as batch '{self.batch_categories[0]}'",
+                f"{int(unknown.sum())} cells belong to batches the model was not trained on "
+                f"({names}{note}); they are encoded and decoded with the average of the "
+                "training batches' effects. To learn their own, map them first: "
+                "PyroSCVAE.map_query (predict --fine-tune)",
                 PyroSCVAEWarning,
                 stacklevel=3,
             )
-        return np.array([index.get(v, 0) for v in values], dtype=np.int64)
+        return np.array([index.get(v, -1) for v in values], dtype=np.int64)
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -363,8 +378,129 @@ class PyroSCVAE:
                 return self.distributed_run.history
 
         self.history = select_and_refit(self, self.training_config, run)
+        self.fit_novelty()
         self.train_seconds = time.perf_counter() - start
         return self
+
+    def fit_novelty(self, quantile: float | None = None) -> NoveltyReference:
+        """Class centres of z₁ and the novelty threshold from the labelled training cells.
+
+        Called by :meth:`fit`; call it again to move the threshold to another ``quantile``
+        of the reference cells' out-of-fold scores (:mod:`pyro_scvae.novelty`).
+        """
+        if self.adata is None:
+            raise InputError("the novelty reference needs the training data (not a loaded model)")
+        cells = self.training_cells[self.data.labels[self.training_cells] >= 0]
+        batches = None if self.data.batches is None else self.data.batches[cells]
+        latent = self._encode_chunks(take_rows(self.data.counts, cells), batches, 4096)[0]
+        settings = {} if quantile is None else {"quantile": quantile}
+        self.novelty = fit_novelty(
+            latent, self.data.labels[cells], len(self.classes), seed=self.seed, **settings
+        )
+        return self.novelty
+
+    # ------------------------------------------------------------------ query mapping
+    def map_query(
+        self,
+        adata: ad.AnnData,
+        epochs: int | None = None,
+        freeze_reference: bool = True,
+        seed: int = 0,
+        batch_size: int = TRAINING_DEFAULTS["batch_size"],
+        lr: float = TRAINING_DEFAULTS["lr"],
+        device: str = TRAINING_DEFAULTS["device"],
+        progress: bool = True,
+        threads: int | str | None = None,
+    ) -> PyroSCVAE:
+        """A new model that also knows the batches of ``adata``, fine-tuned on its cells.
+
+        The batch covariate gains the categories of ``adata``'s batch column (the
+        model's ``batch_key``) that the model lacks; the model is then trained on the
+        query's ELBO, every cell unlabelled (labels in ``adata`` are not read), with the
+        reference's weights frozen: only the new batches' weight columns learn
+        (:mod:`pyro_scvae.mapping`). This model is left unchanged. The result keeps the
+        reference's temperature and novelty reference and predicts on ``adata`` (pass
+        it: the result holds no training data).
+
+        Parameters
+        ----------
+        epochs
+            Fine-tuning epochs; by default about 300 gradient steps
+            (:func:`~pyro_scvae.mapping.fine_tune_epochs`).
+        freeze_reference
+            Train only the new batches' weights (True), or every weight (False).
+        seed, batch_size, lr, device, progress, threads
+            As in :meth:`fit` (the KL terms have their full weight from the start).
+        """
+        from pyro_scvae.mapping import extend_batches, fine_tune_epochs
+        from pyro_scvae.mapping import freeze_reference as freeze
+
+        key = self.setup.get("batch_key")
+        if key is None or not self.batch_categories:
+            raise InputError(
+                "this model has no batch covariate, so there is no batch to map; "
+                "fit the reference with a batch_key (--batch-key) to map queries"
+            )
+        if key not in adata.obs:
+            raise InputError(f"batch column '{key}' not found in obs of the query")
+        counts = match_genes(count_matrix(adata, self.setup["layer"]), adata.var_names, self.genes)
+        values = adata.obs[key].astype(str).to_numpy()
+        new = sorted(set(values) - set(self.batch_categories))
+        if not new:
+            raise InputError(
+                f"every batch of the query is one the model was trained on "
+                f"({', '.join(sorted(set(values)))}); predict directly, without fine-tuning"
+            )
+        categories = [*self.batch_categories, *new]
+        index = {name: i for i, name in enumerate(categories)}
+        batches = np.array([index[v] for v in values], dtype=np.int64)
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        cells = np.flatnonzero(totals > 0)
+        loc, scale = library_prior(take_rows(counts, cells), batches[cells], len(categories))
+        n_reference = len(self.batch_categories)
+        module = extend_batches(self.module, loc[n_reference:], scale[n_reference:])
+        epochs = fine_tune_epochs(len(cells), batch_size) if epochs is None else epochs
+        config = TrainingConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            progress=progress,
+            kl_warmup=0.0,
+            validation_fraction=0.0,
+            early_stopping=False,
+            calibrate=False,
+        )
+        data = CellData(take_rows(counts, cells), np.full(len(cells), -1), batches[cells])
+        hooks = freeze(module, n_reference) if freeze_reference else []
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():  # frozen weights are not registered: as meant
+                warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
+                history = train(module, data, config, description="fine-tuning", threads=threads)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        mapped = copy.copy(self)
+        mapped.module, mapped.config = module, module.config
+        mapped.batch_categories = categories
+        mapped.setup = dict(self.setup)
+        mapped.novelty = copy.deepcopy(self.novelty)
+        mapped.adata = mapped.data = None
+        mapped.history, mapped.training_config = history, config
+        mapped.train_seconds = time.perf_counter() - start
+        mapped.epochs_trained = len(history.elbo)
+        mapped.selection, mapped.validation_metrics, mapped.distributed_run = None, None, None
+        mapped.validation_cells = np.array([], dtype=np.int64)
+        mapped.mapping = {
+            "reference_batches": list(self.batch_categories),
+            "new_batches": new,
+            "freeze_reference": bool(freeze_reference),
+            "epochs": len(history.elbo),
+            "n_cells": int(len(cells)),
+        }
+        return mapped
 
     # ------------------------------------------------------------------ inference
     def _probabilities(
@@ -414,7 +550,10 @@ class PyroSCVAE:
     ) -> tuple[sp.csr_matrix | BackedCounts, np.ndarray | None]:
         """Counts (genes matched to the model's by name) and batch codes of ``adata``."""
         if adata is None and self.adata is None:
-            raise InputError("this model was loaded from disk: pass the AnnData to annotate")
+            raise InputError(
+                "this model holds no training data (loaded from disk, or mapped): "
+                "pass the AnnData to annotate"
+            )
         if adata is None or adata is self.adata:
             return self.data.counts, self.data.batches
         counts = match_genes(count_matrix(adata, self.setup["layer"]), adata.var_names, self.genes)
@@ -425,6 +564,7 @@ class PyroSCVAE:
         adata: ad.AnnData | None = None,
         soft: bool = False,
         min_confidence: float = 0.0,
+        novelty: bool = False,
         threads: int | str | None = None,
     ) -> pd.DataFrame | pd.Series:
         """Cell types of ``adata`` (the training data by default).
@@ -435,15 +575,44 @@ class PyroSCVAE:
             Return the class probabilities (a cells × classes DataFrame, rows sum to 1).
         min_confidence
             Hard calls whose largest probability is below this become ``"Unassigned"``.
+        novelty
+            Hard calls of cells unlike every reference type (novelty score above the
+            threshold, :meth:`novelty_scores`) become ``"novel"``.
         threads
             torch's CPU threads for the call, or ``"auto"`` / None, as in :meth:`fit`.
         """
-        probabilities = self._probabilities(*self._query_arrays(adata), threads=threads)
+        latent, logits = self._encode(*self._query_arrays(adata), threads=threads)
+        probabilities = softmax(logits, self.temperature)
         index = (self.adata if adata is None else adata).obs_names
         if soft:
             return pd.DataFrame(probabilities, index=index, columns=self.classes)
         calls = self._hard_calls(probabilities, min_confidence)
+        if novelty:
+            calls[self._novelty_reference().is_novel(self.novelty.score(latent))] = NOVEL
         return pd.Series(calls, index=index, name="pyro_scvae_prediction")
+
+    def _novelty_reference(self) -> NoveltyReference:
+        if self.novelty is None:
+            raise InputError(
+                "this model has no novelty reference (it was saved before novelty scores "
+                "existed, or not fitted); refit it, or call fit_novelty() on its training data"
+            )
+        return self.novelty
+
+    def novelty_scores(
+        self, adata: ad.AnnData | None = None, threads: int | str | None = None
+    ) -> pd.DataFrame:
+        """How unlike every reference type each cell is (:mod:`pyro_scvae.novelty`).
+
+        Returns a DataFrame with ``novelty`` (the Mahalanobis distance of the posterior
+        mean of z₁ to the nearest class centre of the labelled training cells) and
+        ``novel`` (the score is above the threshold: by default the 98th percentile of
+        the training cells' own out-of-fold scores).
+        """
+        reference = self._novelty_reference()
+        scores = reference.score(self.get_latent_representation(adata, threads=threads))
+        index = (self.adata if adata is None else adata).obs_names
+        return pd.DataFrame({"novelty": scores, "novel": reference.is_novel(scores)}, index=index)
 
     def _hard_calls(self, probabilities: np.ndarray, min_confidence: float) -> np.ndarray:
         """The most probable class of each cell, ``"Unassigned"`` below ``min_confidence``."""
@@ -462,13 +631,23 @@ class PyroSCVAE:
         adata: ad.AnnData | None = None,
         min_confidence: float = 0.0,
         threads: int | str | None = None,
+        majority_voting: bool = False,
+        over_clustering_resolution: float | None = None,
     ) -> ad.AnnData:
         """Write predictions, confidences, class probabilities and z₁ into ``adata`` (in place).
 
         Adds ``obs["pyro_scvae_prediction"]``, ``obs["pyro_scvae_confidence"]`` (the largest
         probability), ``obsm["pyro_scvae_probabilities"]`` (a cells × classes DataFrame) and
-        ``obsm["X_pyro_scvae"]`` (the posterior mean of z₁, for ``sc.pp.neighbors``/UMAP).
+        ``obsm["X_pyro_scvae"]`` (the posterior mean of z₁, for ``sc.pp.neighbors``/UMAP)
+        and, where the model has a novelty reference, ``obs["pyro_scvae_novelty"]`` (the
+        score) and ``obs["pyro_scvae_novel"]`` (above the threshold), see
+        :meth:`novelty_scores`; the calls themselves stay the nearest reference type.
         ``threads`` as in :meth:`predict`.
+
+        With ``majority_voting=True`` also ``obs["pyro_scvae_over_clustering"]`` (Leiden
+        clusters of z₁ at CellTypist's resolution for this many cells, or
+        ``over_clustering_resolution``) and ``obs["pyro_scvae_majority_voting"]``, the most
+        frequent call of each cell's cluster (:mod:`pyro_scvae.voting`).
         """
         latent, logits = self._encode(*self._query_arrays(adata), threads=threads)
         probabilities = softmax(logits, self.temperature)
@@ -480,7 +659,83 @@ class PyroSCVAE:
             probabilities, index=adata.obs_names, columns=self.classes
         )
         adata.obsm["X_pyro_scvae"] = latent
+        if self.novelty is not None:
+            scores = self.novelty.score(latent)
+            adata.obs["pyro_scvae_novelty"] = scores
+            adata.obs["pyro_scvae_novel"] = self.novelty.is_novel(scores)
+        if majority_voting:
+            from pyro_scvae.voting import majority_voting as vote
+
+            voted = vote(latent, calls, over_clustering_resolution, seed=self.seed)
+            adata.obs["pyro_scvae_over_clustering"] = pd.Categorical(voted["over_clustering"])
+            adata.obs["pyro_scvae_majority_voting"] = pd.Categorical(voted["majority_voting"])
         return adata
+
+    # ------------------------------------------------------------------ criticism
+    def posterior_predictive_check(
+        self,
+        adata: ad.AnnData | None = None,
+        n_samples: int = 20,
+        max_cells: int = 2000,
+        seed: int | None = None,
+    ):
+        """Compare the counts with counts replicated from the fitted model.
+
+        Draws ``n_samples`` replicated data sets for up to ``max_cells`` random cells of
+        ``adata`` (the training cells by default) with ``pyro.infer.Predictive`` and
+        compares statistics per gene and per cell (:mod:`pyro_scvae.criticism`).
+
+        Returns
+        -------
+        A :class:`~pyro_scvae.criticism.PosteriorPredictiveCheck`: ``.summary`` holds the
+        numbers (as in metrics.json's ``"ppc"``); draw it with
+        :func:`~pyro_scvae.criticism.plot_ppc`.
+        """
+        from pyro_scvae.criticism import posterior_predictive_check
+
+        counts, batches = self._query_arrays(adata)
+        if adata is None or adata is self.adata:  # the cells trained on (no empty ones)
+            counts = take_rows(counts, self.training_cells)
+            batches = None if batches is None else batches[self.training_cells]
+        seed = self.seed if seed is None else seed
+        return posterior_predictive_check(
+            self.module, counts, batches, n_samples=n_samples, max_cells=max_cells, seed=seed
+        )
+
+    def marker_genes(
+        self,
+        adata: ad.AnnData | None = None,
+        calls: np.ndarray | pd.Series | None = None,
+        delta: float = 0.25,
+        n_samples: int = 2000,
+        m_permutation: int = 4000,
+        seed: int | None = None,
+    ) -> pd.DataFrame:
+        """Marker genes of each type, one-vs-rest, from the decoded expression ρ(z₁).
+
+        scvi-tools' ``differential_expression(mode="change")`` on this model
+        (:mod:`pyro_scvae.markers`): for the cells of each type (by default the model's
+        calls on ``adata``, the training data by default) against all other cells, the
+        posterior log2 fold change of ρ, ``proba_de`` = P(abs(LFC) ≥ ``delta``) and its
+        Bayes factor. Returns one row per (type, gene), ``rank`` 1 the best marker.
+        """
+        from pyro_scvae.markers import marker_genes
+
+        counts, batches = self._query_arrays(adata)
+        if calls is None:
+            calls = self.predict(adata).to_numpy()
+        seed = self.seed if seed is None else seed
+        return marker_genes(
+            self.module,
+            counts,
+            batches,
+            np.asarray(calls),
+            self.genes,
+            delta=delta,
+            n_samples=n_samples,
+            m_permutation=m_permutation,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path, overwrite: bool = False) -> None:

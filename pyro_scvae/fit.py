@@ -251,6 +251,27 @@ def build_parser() -> cli.ArgumentParser:
         "'Unassigned' (default: 0, call every cell)",
     )
     output.add_argument(
+        "--majority-voting",
+        action="store_true",
+        help="also call each cell by the most frequent call of its cluster in an "
+        "over-clustering of z1 (CellTypist's majority voting): a majority_voting column "
+        "in predictions.csv and obs",
+    )
+    output.add_argument(
+        "--ppc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="posterior predictive check of up to 2000 training cells: ppc.png and "
+        "metrics.json's ppc (default: on)",
+    )
+    output.add_argument(
+        "--markers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="marker genes of each predicted type from the decoded expression: markers.csv "
+        "and the dot plot markers.png (default: on)",
+    )
+    output.add_argument(
         "--out",
         metavar="DIR",
         default="pyro_scvae_out",
@@ -343,6 +364,7 @@ def run(args) -> None:
                 args.min_confidence,
                 query_cells,
                 threads=args.threads,
+                majority_voting=args.majority_voting,
             )
     if not args.quiet:
         print_summary(model, metrics, training_adata, Path(args.out))

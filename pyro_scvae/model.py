@@ -97,16 +97,28 @@ class HierarchicalVAE(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def batch_inputs(self, x: torch.Tensor, batch: torch.Tensor | None) -> list[torch.Tensor]:
-        """The one-hot batch covariate as an extra network input (nothing without batches)."""
-        if self.config.n_batches == 0:
+        """The one-hot batch covariate as an extra network input (nothing without batches).
+
+        A code of -1 (a batch the model was not trained on) gets the mean of the one-hot
+        rows, 1/B in every column: the first layer of each network that sees the batch is
+        linear in it, so that cell meets the average of the training batches' effects.
+        """
+        b = self.config.n_batches
+        if b == 0:
             return []
-        return [one_hot(batch, self.config.n_batches).to(x.dtype)]  # [batch, n_batches]
+        onehot = one_hot(batch.clamp(min=0), b).to(x.dtype)  # [batch, n_batches]
+        unseen = (batch < 0).unsqueeze(-1)  # [batch, 1]
+        return [torch.where(unseen, torch.full_like(onehot, 1.0 / b), onehot)]
 
     def library_prior(self, batch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ_l and σ_l of p(l) for each cell."""
+        """μ_l and σ_l of p(l) for each cell (the batches' average for a code of -1)."""
         if self.config.n_batches == 0:
             return self.library_loc[0], self.library_scale[0]
-        return self.library_loc[batch], self.library_scale[batch]  # [batch] each
+        unseen = batch < 0
+        index = batch.clamp(min=0)
+        loc = torch.where(unseen, self.library_loc.mean(), self.library_loc[index])
+        scale = torch.where(unseen, self.library_scale.mean(), self.library_scale[index])
+        return loc, scale  # [batch] each
 
     def encode_x(
         self, x: torch.Tensor, batch_onehot: list[torch.Tensor]

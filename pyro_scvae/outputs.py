@@ -7,6 +7,7 @@ only when the whole run succeeded (:func:`pyro_scvae.folders.atomic_output_dir`)
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -37,12 +38,28 @@ MAX_UMAP_CELLS = 50_000
 MIN_UMAP_CELLS = 10
 
 
-def write_predictions(probabilities: pd.DataFrame, calls: pd.Series, path: Path) -> pd.DataFrame:
-    """``predictions.csv``: cell id, predicted, confidence and one ``prob:<class>`` per class."""
+def write_predictions(
+    probabilities: pd.DataFrame,
+    calls: pd.Series,
+    path: Path,
+    novelty: pd.DataFrame | None = None,
+    voted: pd.Series | None = None,
+) -> pd.DataFrame:
+    """``predictions.csv``: cell id, predicted, [majority_voting,] confidence, [novelty,
+    novel,] and one ``prob:<class>`` per class.
+
+    ``novelty``: the score and flag columns of :meth:`~pyro_scvae.api.PyroSCVAE.novelty_scores`.
+    ``voted``: the majority-voting calls, a ``majority_voting`` column after ``predicted``.
+    """
     table = pd.DataFrame(
         {"predicted": calls.to_numpy(), "confidence": probabilities.max(axis=1).to_numpy()},
         index=probabilities.index.rename("cell"),
     )
+    if novelty is not None:
+        table["novelty"] = novelty["novelty"].to_numpy()
+        table["novel"] = novelty["novel"].to_numpy()
+    if voted is not None:
+        table.insert(1, "majority_voting", voted.to_numpy())
     table = table.join(probabilities.add_prefix("prob:"))
     table.to_csv(path)
     return table
@@ -61,22 +78,35 @@ def annotate_and_write(
     min_confidence: float,
     cells: np.ndarray | None = None,
     threads: int | str | None = None,
+    majority_voting: bool = False,
 ) -> None:
     """``predictions.csv`` and ``annotated.h5ad`` for ``adata`` in ``out``.
 
     With ``cells`` (a boolean mask; ``adata`` must be backed) both files hold only those
     cells, and the rows of ``.X`` are copied from the file in chunks
     (:func:`~pyro_scvae.data.write_h5ad_rows`). ``threads``: torch's, as ``--threads``.
+    ``majority_voting``: add CellTypist's majority voting (:mod:`pyro_scvae.voting`).
     """
-    model.annotate(adata, min_confidence=min_confidence, threads=threads)  # calls, probs, z₁
+    model.annotate(  # calls, probabilities, z₁ (and the votes)
+        adata, min_confidence=min_confidence, threads=threads, majority_voting=majority_voting
+    )
     probabilities = adata.obsm["pyro_scvae_probabilities"]
     calls = adata.obs["pyro_scvae_prediction"].astype(str)
+    novelty = None
+    if "pyro_scvae_novelty" in adata.obs:  # the model has a novelty reference
+        novelty = adata.obs[["pyro_scvae_novelty", "pyro_scvae_novel"]]
+        novelty.columns = ["novelty", "novel"]
+    voted = adata.obs["pyro_scvae_majority_voting"].astype(str) if majority_voting else None
     adata.uns["pyro_scvae"] = settings
     if cells is None:
-        write_predictions(probabilities, calls, out / "predictions.csv")
+        write_predictions(probabilities, calls, out / "predictions.csv", novelty, voted)
         adata.write_h5ad(out / "annotated.h5ad")
     else:
-        write_predictions(probabilities[cells], calls[cells], out / "predictions.csv")
+        novelty = None if novelty is None else novelty[cells]
+        voted = None if voted is None else voted[cells]
+        write_predictions(
+            probabilities[cells], calls[cells], out / "predictions.csv", novelty, voted
+        )
         write_h5ad_rows(adata, np.flatnonzero(cells), out / "annotated.h5ad")
 
 
@@ -110,6 +140,32 @@ def score_labelled_query(
     return metrics
 
 
+def write_markers(
+    model: PyroSCVAE, adata: ad.AnnData | None, out: Path, calls: np.ndarray | None = None
+) -> float:
+    """``markers.csv`` and ``markers.png`` of the cells of ``adata`` (the training data when
+    None) by their calls; returns the seconds it took."""
+    from pyro_scvae.markers import plot_markers
+
+    start = time.perf_counter()
+    if calls is None:
+        calls = model.predict(adata).to_numpy()
+    markers = model.marker_genes(adata, calls=calls)
+    markers.to_csv(out / "markers.csv", index=False)
+    counts, _ = model._query_arrays(adata)
+    plot_markers(counts, calls, model.genes, markers, out / "markers.png")
+    return time.perf_counter() - start
+
+
+def write_ppc(model: PyroSCVAE, out: Path) -> dict:
+    """The posterior predictive check of the training cells: ``ppc.png`` and its numbers."""
+    from pyro_scvae.criticism import plot_ppc
+
+    check = model.posterior_predictive_check()
+    plot_ppc(check, out / "ppc.png")
+    return check.summary
+
+
 def write_outputs(
     model, adata, training_adata, settings, out: Path, args, cells: np.ndarray | None
 ) -> dict:
@@ -117,7 +173,9 @@ def write_outputs(
 
     ``cells``: for a backed ``adata``, the cells to write (see :func:`annotate_and_write`).
     """
-    annotate_and_write(model, adata, settings, out, args.min_confidence, cells, args.threads)
+    annotate_and_write(
+        model, adata, settings, out, args.min_confidence, cells, args.threads, args.majority_voting
+    )
     history = model.history
     metrics = {
         "epochs": len(history.elbo),
@@ -138,6 +196,10 @@ def write_outputs(
             "world_size": model.distributed_run.world_size,
             "replica_max_abs_difference": model.distributed_run.replica_max_abs_difference,
         }
+    if args.ppc:
+        metrics["ppc"] = write_ppc(model, out)
+    if args.markers:
+        metrics["markers_seconds"] = write_markers(model, None, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     model.save(out / "model")
     config = model.training_config

@@ -24,6 +24,7 @@ from pyro_scvae.config import ModelConfig, TrainingConfig
 from pyro_scvae.errors import InputError
 from pyro_scvae.folders import atomic_output_dir, write_atomically
 from pyro_scvae.model import HierarchicalVAE
+from pyro_scvae.novelty import NoveltyReference
 from pyro_scvae.training import History, resolve_device
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False)
         "setup": model.setup,
         "seed": model.seed,
         "calibration": {"temperature": model.temperature},
+        "novelty": None if model.novelty is None else model.novelty.to_dict(),
+        "mapping": getattr(model, "mapping", None),  # set by PyroSCVAE.map_query
         "selection": selection_summary(model),
         "training": None if model.training_config is None else model.training_config.to_dict(),
         "history": None if model.history is None else asdict(model.history),
@@ -108,6 +111,9 @@ def load_model(cls: type[PyroSCVAE], directory: str | Path, device: str = "auto"
     model.setup = config["setup"]
     model.seed = config["seed"]
     model.temperature = float(config.get("calibration", {}).get("temperature", 1.0))
+    novelty = config.get("novelty")  # absent in models saved before novelty scores
+    model.novelty = None if novelty is None else NoveltyReference.from_dict(novelty)
+    model.mapping = config.get("mapping")
     model.training_config = _settings(TrainingConfig, config, "training", directory / CONFIG_FILE)
     model.history = _settings(History, config, "history", directory / CONFIG_FILE)
     model.adata = None
@@ -132,6 +138,8 @@ def load_model(cls: type[PyroSCVAE], directory: str | Path, device: str = "auto"
 #: The keys of ``config.json``: those every saved model has, and those it may have.
 REQUIRED_KEYS = {"model", "classes", "genes", "batch_categories", "setup", "seed"}
 OPTIONAL_KEYS = {
+    "novelty",
+    "mapping",
     "pyro_scvae_version",
     "calibration",
     "selection",

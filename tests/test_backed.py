@@ -176,6 +176,11 @@ def test_fit_backed_flag_matches_in_memory(h5ad_file, tmp_path, small_chunks):
     assert metrics["backed"]["n_cells"] == metrics["memory"]["n_cells"]
     assert metrics["backed"]["final_elbo_per_cell"] == metrics["memory"]["final_elbo_per_cell"]
     assert metrics["backed"]["validation"] == metrics["memory"]["validation"]
+    for key in ("genes", "cells", "count_frequencies"):  # the model checks read the file too
+        assert metrics["backed"]["ppc"][key] == metrics["memory"]["ppc"][key]
+    pd.testing.assert_frame_equal(
+        *(pd.read_csv(tmp_path / m / "markers.csv") for m in ("backed", "memory"))
+    )
     predictions = {
         m: pd.read_csv(tmp_path / m / "predictions.csv", index_col="cell")
         for m in ("memory", "backed")

@@ -112,7 +112,9 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
 
     predictions = pd.read_csv(out / "predictions.csv", index_col="cell")
     classes = ["type_0", "type_1", "type_2"]
-    assert list(predictions.columns) == ["predicted", "confidence"] + [f"prob:{c}" for c in classes]
+    first = ["predicted", "confidence", "novelty", "novel"]
+    assert list(predictions.columns) == first + [f"prob:{c}" for c in classes]
+    assert (predictions["novelty"] >= 0).all() and predictions["novel"].dtype == bool
     assert len(predictions) == 300
     probs = predictions[[f"prob:{c}" for c in classes]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)

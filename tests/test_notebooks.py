@@ -26,6 +26,8 @@ EXPECTED = {
     "01_quickstart.ipynb": (None, 7),
     "02_elbo.ipynb": (None, 3),
     "03_label_transfer.ipynb": ("symphony_pbmc_3chem.h5ad", 6),
+    "04_reference_mapping.ipynb": ("symphony_pbmc_3chem.h5ad", 4),
+    "05_model_checks.ipynb": (None, 3),
 }
 
 
@@ -91,6 +93,12 @@ def test_notebook_runs_in_quick_mode(name, monkeypatch):
         relative = [float(v) for v in re.findall(r"relative difference: ([-+.e\d]+)", text)]
         assert len(relative) == 2, text
         assert max(relative) < 1e-5
+    if name == "05_model_checks.ipynb":
+        assert "macro-F1" in text and "clusters; the vote changed" in text
     if name == "03_label_transfer.ipynb":
         for method in ("pyro_scvae", "scANVI", "logistic regression"):
             assert method in text
+    if name == "04_reference_mapping.ipynb":
+        assert "they are encoded and decoded with the average" in text  # the unseen batch
+        assert "fine-tuned: 2 epochs" in text and "'3pv1']" in text  # mapped, saved, loaded
+        assert "flagged novel:" in text

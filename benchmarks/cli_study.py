@@ -1,0 +1,60 @@
+"""Macro-F1 of ``python -m pyro_scvae.fit`` with extra options against its defaults.
+
+Paired seeds: every option set runs on the same task split and seed, so the differences
+are paired. Prints one row per (task, seed, option set) and a mean per option set.
+
+    OMP_NUM_THREADS=1 python benchmarks/cli_study.py --tasks T3s T5s --seeds 0 \\
+        --variant default= --variant share=--labelled-share,0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.methods import fit_predict_pyro_scvae_cli
+from benchmarks.metrics import score
+from benchmarks.tasks import build_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME=OPTIONS, the options comma-separated (NAME= alone: the defaults)",
+    )
+    args = parser.parse_args()
+    variants = {}
+    for text in args.variant:
+        name, _, options = text.partition("=")
+        variants[name] = [o for o in options.split(",") if o]
+    totals: dict[str, list[float]] = {name: [] for name in variants}
+    print("| task | seed | variant | accuracy | macro-F1 | ECE | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for task_name in args.tasks:
+        for seed in args.seeds:
+            task = build_task(task_name, seed)
+            truth = task.adata.obs.loc[task.adata.obs["is_query"], "label"]
+            for name, options in variants.items():
+                proba, info = fit_predict_pyro_scvae_cli(task.adata, seed, extra_args=options)
+                result = score(truth.loc[proba.index], proba)
+                totals[name].append(result["macro_f1"])
+                print(
+                    f"| {task_name} | {seed} | {name} | {result['accuracy']:.3f} | "
+                    f"{result['macro_f1']:.3f} | {result['ece']:.3f} | {info['train_s']:.0f} |",
+                    flush=True,
+                )
+    for name, values in totals.items():
+        print(f"mean macro-F1 {name}: {sum(values) / len(values):.3f} over {len(values)} runs")
+
+
+if __name__ == "__main__":
+    main()
