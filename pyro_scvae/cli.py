@@ -11,6 +11,7 @@ on stderr and exit status 2, and SIGINT / SIGTERM into one line and exit status 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import signal
@@ -110,6 +111,18 @@ def run_cli(work: Callable[[], None]) -> int:
             sys.stderr.write(interrupted_message(signum, signals.last_committed()))
             return signals.EXIT_STATUS[signum]
     return 0
+
+
+def import_heavy(*modules: str) -> None:
+    """Import ``modules`` (torch, scanpy … through them) with SIGINT and SIGTERM held.
+
+    A signal raised inside an extension's own import (torch runs Python from C++) was seen
+    to end the process by SIGABRT instead of unwinding; held, it is raised as soon as the
+    imports are done (a few seconds at most), and the run ends with one line.
+    """
+    with signals.deferred():
+        for name in modules:
+            importlib.import_module(name)
 
 
 def exit_process(status: int) -> None:

@@ -288,6 +288,7 @@ def run(args) -> None:
 
     inputs = [args.adata, args.query]
     check_output_dir(args.out, inputs)  # before any data are read
+    cli.import_heavy("pyro_scvae.outputs", "pyro_scvae.preprocess")
     from pyro_scvae.api import PyroSCVAE, default_epochs
     from pyro_scvae.folders import atomic_output_dir
     from pyro_scvae.outputs import (

@@ -34,7 +34,8 @@ from pyro_scvae.training import warmup_epochs
 
 #: Largest number of cells drawn in the UMAP plot (a random subset beyond it).
 MAX_UMAP_CELLS = 50_000
-#: Fewest cells for which a UMAP is drawn (its neighbour graph fails on two cells).
+#: Fewest cells for which a UMAP (its neighbour graph fails on two cells) and the posterior
+#: predictive check (its statistics and log axes fail on six) are drawn.
 MIN_UMAP_CELLS = 10
 
 
@@ -196,7 +197,14 @@ def write_outputs(
             "world_size": model.distributed_run.world_size,
             "replica_max_abs_difference": model.distributed_run.replica_max_abs_difference,
         }
-    if args.ppc:
+    if args.ppc and training_adata.n_obs < MIN_UMAP_CELLS:
+        warnings.warn(
+            f"ppc.png is not drawn: {training_adata.n_obs} cells are too few for a posterior "
+            f"predictive check (it needs at least {MIN_UMAP_CELLS})",
+            PyroSCVAEWarning,
+            stacklevel=2,
+        )
+    elif args.ppc:
         metrics["ppc"] = write_ppc(model, out)
     if args.markers:
         metrics["markers_seconds"] = write_markers(model, None, out)

@@ -114,6 +114,7 @@ def run(args) -> None:
 
     inputs = [args.adata, args.model]
     check_output_dir(args.out, inputs)  # before the model and the data are read
+    cli.import_heavy("pyro_scvae.outputs", "pyro_scvae.preprocess")
 
     from pyro_scvae.api import PyroSCVAE
     from pyro_scvae.errors import InputError

@@ -55,6 +55,7 @@ def make_names_unique(adata: ad.AnnData, path: str | Path) -> None:
         (adata.obs_names, adata.obs_names_make_unique, "cell names (obs_names)"),
         (adata.var_names, adata.var_names_make_unique, "gene names (var_names)"),
     ):
+        function = make_unique.__name__
         if names.is_unique:
             continue
         repeated = int(names.duplicated().sum())
@@ -63,7 +64,7 @@ def make_names_unique(adata: ad.AnnData, path: str | Path) -> None:
             make_unique()
         warnings.warn(
             f"{path}: {repeated} {what} repeat an earlier one; they were made unique by "
-            "appending -1, -2, … (anndata's obs_names_make_unique)",
+            f"appending -1, -2, … (anndata's {function})",
             PyroSCVAEWarning,
             stacklevel=3,
         )
