@@ -46,6 +46,8 @@ from pyro_scvae.threads import ThreadPolicy
 from pyro_scvae.training import History, train
 
 SETUP_KEY = "_pyro_scvae_setup"
+#: The batch of cells without a value in the batch column (NaN, None).
+MISSING_BATCH = "nan"
 UNASSIGNED = "Unassigned"
 #: The call of a cell unlike every reference type (``predict(..., novelty=True)``).
 NOVEL = "novel"
@@ -219,10 +221,20 @@ class PyroSCVAE:
         }
 
     def _batch_categories(self, adata: ad.AnnData) -> list[str]:
+        """The batches of the training cells; cells without a value form batch ``"nan"``."""
         key = self.setup["batch_key"]
         if key is None:
             return []
-        return sorted(map(str, adata.obs[key].dropna().unique()))
+        values = batch_values(adata.obs[key])
+        n_missing = int(adata.obs[key].isna().sum())
+        if n_missing:
+            warnings.warn(
+                f"{n_missing} cells have no value in obs['{key}'] (NaN); they form a batch "
+                f"of their own, '{MISSING_BATCH}'",
+                PyroSCVAEWarning,
+                stacklevel=3,
+            )
+        return sorted(set(values))
 
     def _batch_codes(self, adata: ad.AnnData) -> np.ndarray | None:
         """Codes of ``adata``'s batches; -1 (with a warning) for batches the model lacks.
@@ -236,15 +248,17 @@ class PyroSCVAE:
             return None
         if key not in adata.obs:
             raise InputError(f"batch column '{key}' not found in obs of the data to annotate")
-        values = adata.obs[key].astype(str).to_numpy()
+        values = batch_values(adata.obs[key])
         index = {name: i for i, name in enumerate(self.batch_categories)}
         unknown = ~np.isin(values, self.batch_categories)
         if unknown.any():
             names = ", ".join(f"'{v}'" for v in sorted(set(values[unknown])))
+            without = int((unknown & (values == MISSING_BATCH)).sum())
+            note = f"; {without} of them have no batch value" if without else ""
             warnings.warn(
                 f"{int(unknown.sum())} cells belong to batches the model was not trained on "
-                f"({names}); they are encoded and decoded with the average of the training "
-                "batches' effects. To learn their own, map them first: "
+                f"({names}{note}); they are encoded and decoded with the average of the "
+                "training batches' effects. To learn their own, map them first: "
                 "PyroSCVAE.map_query (predict --fine-tune)",
                 PyroSCVAEWarning,
                 stacklevel=3,
@@ -738,3 +752,8 @@ class PyroSCVAE:
         See :func:`pyro_scvae.persistence.load_model`.
         """
         return load_model(cls, directory, device)
+
+
+def batch_values(column: pd.Series) -> np.ndarray:
+    """The batch of each cell as text, ``[cells]``; a missing value is :data:`MISSING_BATCH`."""
+    return column.astype(object).where(column.notna(), MISSING_BATCH).astype(str).to_numpy()

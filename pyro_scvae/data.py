@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from anndata.utils import make_index_unique
 
 from pyro_scvae.errors import InputError, PyroSCVAEWarning  # noqa: F401 (re-exported)
 
@@ -138,7 +139,9 @@ class BackedCounts:
     def from_adata(cls, adata: ad.AnnData) -> BackedCounts:
         """The ``.X`` of a backed AnnData, or of a subset (view) of one.
 
-        A view's cells and genes are found in the file by name, so they must be unique.
+        A view's cells and genes are found in the file by name: names repeated in the
+        file are made unique as anndata's ``obs_names_make_unique`` does (as
+        :func:`~pyro_scvae.preprocess.read_adata` does to the AnnData).
         """
         counts = cls(adata.filename)
         if not adata.is_view:
@@ -146,12 +149,13 @@ class BackedCounts:
         with h5py.File(adata.filename, "r") as file:
             obs_names = pd.Index(ad.io.read_elem(file["obs"][file["obs"].attrs["_index"]]))
             var_names = pd.Index(ad.io.read_elem(file["var"][file["var"].attrs["_index"]]))
-        if not (obs_names.is_unique and var_names.is_unique):
-            raise InputError(
-                "a subset of a backed AnnData needs unique obs_names and var_names "
-                "(call .obs_names_make_unique() / .var_names_make_unique() and rewrite the file)"
-            )
+        obs_names, var_names = make_index_unique(obs_names), make_index_unique(var_names)
         rows = obs_names.get_indexer(adata.obs_names)
+        if (rows < 0).any() or (var_names.get_indexer(adata.var_names) < 0).any():
+            raise InputError(
+                "a subset of a backed AnnData must keep the file's cell and gene names "
+                "(or those obs_names_make_unique / var_names_make_unique give them)"
+            )
         if adata.n_obs == len(obs_names) and np.array_equal(rows, np.arange(len(rows))):
             rows = None
         return counts.subset(rows).select_genes(gene_selection(var_names, adata.var_names))

@@ -10,7 +10,6 @@ metrics, the stopping epoch, the calibration); then every label is learnt
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pyro_scvae import cli
@@ -22,9 +21,9 @@ DEFAULT_LABELS_KEY = "bulk_labels"  # the labels of the embedded pbmc68k_reduced
 #: type (or list of choices) and help; their defaults are those of ModelConfig, the
 #: constructor's own.
 MODEL_OPTIONS = {
-    "n_latent": (cli.positive_int, "dimension of z1 and z2"),
-    "n_hidden": (cli.positive_int, "width of the hidden layers"),
-    "n_layers": (cli.positive_int, "hidden layers per network"),
+    "n_latent": (cli.integer(1, 1024, "positive_int"), "dimension of z1 and z2"),
+    "n_hidden": (cli.integer(1, 16384, "positive_int"), "width of the hidden layers"),
+    "n_layers": (cli.integer(1, 32, "positive_int"), "hidden layers per network"),
     "dropout": (cli.fraction, "dropout rate of the encoders and the classifier"),
     "alpha": (cli.positive_float, "weight α of the classification term of labelled cells"),
     "balance_classes": (
@@ -114,7 +113,7 @@ def build_parser() -> cli.ArgumentParser:
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
-        type=cli.positive_int,
+        type=cli.integer(1, 100_000, "positive_int"),
         help="length of the training schedule in passes over the data; the first fit may "
         "stop earlier (default: chosen from the number of cells)",
     )
@@ -146,9 +145,9 @@ def build_parser() -> cli.ArgumentParser:
     )
     training.add_argument(
         "--seed",
-        type=int,
+        type=cli.seed,
         default=0,
-        help="random seed; the same seed gives the same results (default: 0)",
+        help="random seed from 0 to 2^32 - 1; the same seed gives the same results (default: 0)",
     )
     training.add_argument(
         "--device",
@@ -164,7 +163,7 @@ def build_parser() -> cli.ArgumentParser:
         "--ddp-devices",
         "--devices",
         dest="devices",
-        type=cli.positive_int,
+        type=cli.integer(1, 1024, "positive_int"),
         default=1,
         metavar="N",
         help="DDP processes per machine: GPUs, or CPU processes with --ddp-accelerator cpu; "
@@ -218,7 +217,7 @@ def build_parser() -> cli.ArgumentParser:
     )
     labels.add_argument(
         "--patience",
-        type=cli.positive_int,
+        type=cli.integer(1, 100_000, "positive_int"),
         help="epochs without improvement before stopping, and the epochs of --refit "
         "continue (default: a tenth of the epochs, at least 10)",
     )
@@ -276,7 +275,8 @@ def build_parser() -> cli.ArgumentParser:
         "--out",
         metavar="DIR",
         default="pyro_scvae_out",
-        help="output folder, replaced only when the run succeeds (default: ./pyro_scvae_out)",
+        help="output folder, replaced only when the run succeeds, and only if it is empty "
+        "or was written by pyro_scvae (default: ./pyro_scvae_out)",
     )
     output.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return parser
@@ -284,10 +284,15 @@ def build_parser() -> cli.ArgumentParser:
 
 def run(args) -> None:
     """Train and annotate as ``args`` say; the heavy libraries are imported only here."""
+    from pyro_scvae.folders import check_output_dir
+
+    inputs = [args.adata, args.query]
+    check_output_dir(args.out, inputs)  # before any data are read
+    cli.import_heavy("pyro_scvae.outputs", "pyro_scvae.preprocess")
     from pyro_scvae.api import PyroSCVAE, default_epochs
+    from pyro_scvae.folders import atomic_output_dir
     from pyro_scvae.outputs import (
         annotate_and_write,
-        atomic_output_dir,
         json_ready,
         print_summary,
         write_outputs,
@@ -348,7 +353,7 @@ def run(args) -> None:
             "n_genes_used": training_adata.n_vars,
         }
     )
-    with atomic_output_dir(args.out) as out:
+    with atomic_output_dir(args.out, "fit", inputs) as out:
         metrics = write_outputs(model, adata, training_adata, settings, out, args, output_cells)
         if query is not None:
             (out / "query").mkdir()
@@ -367,9 +372,8 @@ def run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run_cli(lambda: run(args))
+    return cli.run_cli(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

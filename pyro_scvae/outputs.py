@@ -1,17 +1,14 @@
 """What the command lines write: predictions, the annotated data, metrics, model and plots.
 
 Everything goes into a temporary folder beside ``--out`` first, which replaces ``--out``
-only when the whole run succeeded (:func:`atomic_output_dir`).
+only when the whole run succeeded (:func:`pyro_scvae.folders.atomic_output_dir`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -21,7 +18,7 @@ import pandas as pd
 from pyro_scvae.api import PyroSCVAE
 from pyro_scvae.data import unlabelled as data_unlabelled
 from pyro_scvae.data import write_h5ad_rows
-from pyro_scvae.errors import InputError
+from pyro_scvae.errors import InputError, PyroSCVAEWarning
 from pyro_scvae.evaluation import (
     classification_metrics,
     plot_confusion,
@@ -30,30 +27,16 @@ from pyro_scvae.evaluation import (
     plot_umap,
     umap_coordinates,
 )
+from pyro_scvae.folders import atomic_output_dir  # noqa: F401 (where it used to be)
 from pyro_scvae.persistence import selection_summary
+from pyro_scvae.signals import raise_if_pending
 from pyro_scvae.training import warmup_epochs
 
 #: Largest number of cells drawn in the UMAP plot (a random subset beyond it).
 MAX_UMAP_CELLS = 50_000
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: str | Path) -> Iterator[Path]:
-    """A temporary folder that replaces ``out`` only if the block finishes without error."""
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = out.with_name(f".{out.name}.previous")
-    if out.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        out.rename(previous)
-    staging.rename(out)
-    shutil.rmtree(previous, ignore_errors=True)
+#: Fewest cells for which a UMAP (its neighbour graph fails on two cells) and the posterior
+#: predictive check (its statistics and log axes fail on six) are drawn.
+MIN_UMAP_CELLS = 10
 
 
 def write_predictions(
@@ -214,7 +197,14 @@ def write_outputs(
             "world_size": model.distributed_run.world_size,
             "replica_max_abs_difference": model.distributed_run.replica_max_abs_difference,
         }
-    if args.ppc:
+    if args.ppc and training_adata.n_obs < MIN_UMAP_CELLS:
+        warnings.warn(
+            f"ppc.png is not drawn: {training_adata.n_obs} cells are too few for a posterior "
+            f"predictive check (it needs at least {MIN_UMAP_CELLS})",
+            PyroSCVAEWarning,
+            stacklevel=2,
+        )
+    elif args.ppc:
         metrics["ppc"] = write_ppc(model, out)
     if args.markers:
         metrics["markers_seconds"] = write_markers(model, None, out)
@@ -234,19 +224,34 @@ def write_outputs(
             title=f"Held-out labelled cells (n={len(cells)}), first fit",
         )
         plot_risk_coverage(truth, probabilities, model.classes, out / "risk_coverage.png")
+    if adata.n_obs < MIN_UMAP_CELLS:
+        warnings.warn(
+            f"umap.png is not drawn: {adata.n_obs} cells are too few for a UMAP "
+            f"(it needs at least {MIN_UMAP_CELLS})",
+            PyroSCVAEWarning,
+            stacklevel=2,
+        )
+    else:
+        plot_cells(model, adata, args.seed, out / "umap.png")
+    return metrics
+
+
+def plot_cells(model: PyroSCVAE, adata: ad.AnnData, seed: int, path: Path) -> None:
+    """``umap.png``: a UMAP of z₁ of (at most :data:`MAX_UMAP_CELLS` of) the cells."""
     latent = adata.obsm["X_pyro_scvae"]
-    shown = np.random.default_rng(args.seed).permutation(adata.n_obs)[:MAX_UMAP_CELLS]
+    shown = np.random.default_rng(seed).permutation(adata.n_obs)[:MAX_UMAP_CELLS]
     obs, setup = adata.obs.iloc[shown], model.setup
+    coordinates = umap_coordinates(latent[shown], seed=seed)
+    raise_if_pending()  # numba can swallow a Ctrl-C ("Exception ignored ...")
     plot_umap(
-        umap_coordinates(latent[shown], seed=args.seed),
+        coordinates,
         obs["pyro_scvae_prediction"].to_numpy(),
         confidence=obs["pyro_scvae_confidence"].to_numpy(),
         batch=obs[setup["batch_key"]].to_numpy() if setup["batch_key"] else None,
         labels=obs[setup["labels_key"]].to_numpy(),
         unlabeled_category=setup["unlabeled_category"],
-        path=out / "umap.png",
+        path=path,
     )
-    return metrics
 
 
 def annotated_summary(adata: ad.AnnData, setup: dict, cells: np.ndarray | None) -> dict:

@@ -17,7 +17,6 @@ columns ``novelty`` (score) and ``novel`` (flag), see :mod:`pyro_scvae.novelty`.
 from __future__ import annotations
 
 import json
-import sys
 
 from pyro_scvae import cli
 from pyro_scvae.threads import threads_argument
@@ -77,7 +76,8 @@ def build_parser() -> cli.ArgumentParser:
         "--out",
         metavar="DIR",
         default="pyro_scvae_predictions",
-        help="output folder (default: ./pyro_scvae_predictions)",
+        help="output folder, replaced only when the run succeeds, and only if it is empty "
+        "or was written by pyro_scvae (default: ./pyro_scvae_predictions)",
     )
     parser.add_argument(
         "--device",
@@ -110,11 +110,16 @@ def build_parser() -> cli.ArgumentParser:
 
 def run(args) -> None:
     """Annotate as ``args`` say; the heavy libraries are imported only here."""
+    from pyro_scvae.folders import atomic_output_dir, check_output_dir
+
+    inputs = [args.adata, args.model]
+    check_output_dir(args.out, inputs)  # before the model and the data are read
+    cli.import_heavy("pyro_scvae.outputs", "pyro_scvae.preprocess")
+
     from pyro_scvae.api import PyroSCVAE
     from pyro_scvae.errors import InputError
     from pyro_scvae.outputs import (
         annotate_and_write,
-        atomic_output_dir,
         json_ready,
         score_labelled_query,
         write_markers,
@@ -150,7 +155,7 @@ def run(args) -> None:
         )
     settings = json_ready({**vars(args), "classes": model.classes})
     metrics = None
-    with atomic_output_dir(args.out) as out:
+    with atomic_output_dir(args.out, "predict", inputs) as out:
         annotate_and_write(
             model,
             adata,
@@ -192,9 +197,8 @@ def run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run_cli(lambda: run(args))
+    return cli.run_cli(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

@@ -31,12 +31,43 @@ DEFAULT_LABELS_KEY = "bulk_labels"
 def read_adata(path: str | Path, backed: bool = False) -> ad.AnnData:
     """Read an ``.h5ad`` file, or raise :class:`InputError` saying why it cannot be read."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an .h5ad file")
     if not path.is_file():
         raise InputError(f"file not found: {path}")
     try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
+        adata = ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as error:  # h5py and anndata raise many kinds
         raise InputError(f"cannot read {path} as an .h5ad file ({type(error).__name__})") from None
+    make_names_unique(adata, path)
+    return adata
+
+
+def make_names_unique(adata: ad.AnnData, path: str | Path) -> None:
+    """Give repeated cell and gene names a suffix (``-1``, ``-2`` …), with a warning each.
+
+    anndata's ``obs_names_make_unique`` / ``var_names_make_unique``: the outputs then
+    have one row per cell, in order, and genes are matched by name without ambiguity.
+    A backed file is changed in memory only; its matrix is found by the same names
+    (:meth:`~pyro_scvae.data.BackedCounts.from_adata`).
+    """
+    for names, make_unique, what in (
+        (adata.obs_names, adata.obs_names_make_unique, "cell names (obs_names)"),
+        (adata.var_names, adata.var_names_make_unique, "gene names (var_names)"),
+    ):
+        function = make_unique.__name__
+        if names.is_unique:
+            continue
+        repeated = int(names.duplicated().sum())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # anndata's own note on the repeated names
+            make_unique()
+        warnings.warn(
+            f"{path}: {repeated} {what} repeat an earlier one; they were made unique by "
+            f"appending -1, -2, … (anndata's {function})",
+            PyroSCVAEWarning,
+            stacklevel=3,
+        )
 
 
 def check_backed_layer(backed: bool, layer: str | None) -> None:
@@ -86,7 +117,10 @@ def backed_training_subset(
     cells = cells_with_counts.copy()  # [cells]
     genes = np.ones(adata.n_vars, dtype=bool)  # [genes]
     if 0 < n_top_genes < adata.n_vars:
-        genes = seurat_v3_genes(counts.subset(cells), n_top_genes)
+        subset = counts.subset(cells)
+        genes = with_wider_spans(
+            lambda span: seurat_v3_genes(subset, n_top_genes, span), n_top_genes
+        )
         selected = counts.select_genes(gene_selection(adata.var_names, adata.var_names[genes]))
         cells &= np.asarray(selected.sum(axis=1)).ravel() > 0
     emptied = int((cells != cells_with_counts).sum())  # cells with counts, none in these genes
@@ -106,10 +140,51 @@ def select_genes(adata: ad.AnnData, n_top_genes: int, layer: str | None) -> ad.A
     """The ``n_top_genes`` most variable genes (scanpy's seurat_v3 on counts), or all."""
     if n_top_genes == 0 or n_top_genes >= adata.n_vars:
         return adata
-    ranking = sc.pp.highly_variable_genes(
-        adata, n_top_genes=n_top_genes, flavor="seurat_v3", layer=layer, inplace=False
+
+    def choose(span: float) -> np.ndarray:
+        ranking = sc.pp.highly_variable_genes(
+            adata,
+            n_top_genes=n_top_genes,
+            flavor="seurat_v3",
+            layer=layer,
+            span=span,
+            inplace=False,
+        )
+        return ranking["highly_variable"].to_numpy()
+
+    return adata[:, with_wider_spans(choose, n_top_genes)].copy()
+
+
+#: Spans of seurat_v3's loess trend tried in turn: scanpy's default, then wider ones.
+LOESS_SPANS = (0.3, 0.5, 1.0)
+
+
+def with_wider_spans(choose, n_top_genes: int) -> np.ndarray:
+    """``choose(span)`` (a gene mask) at the first span of :data:`LOESS_SPANS` that fits.
+
+    seurat_v3 fits a loess trend of log variance on log mean; on a few hundred cells it
+    can be singular (skmisc: "reciprocal condition number ..."). A wider span smooths
+    over more genes and fits; a warning says so.
+    """
+    for span in LOESS_SPANS:
+        try:
+            genes = choose(span)
+        except ValueError:  # the loess fit is singular
+            continue
+        if span != LOESS_SPANS[0]:
+            warnings.warn(
+                f"scanpy's seurat_v3 trend (loess, span {LOESS_SPANS[0]}) cannot be fitted on "
+                f"these cells; the {n_top_genes} highly variable genes were chosen with "
+                f"span {span}",
+                PyroSCVAEWarning,
+                stacklevel=3,
+            )
+        return genes
+    raise InputError(
+        f"cannot choose {n_top_genes} highly variable genes: scanpy's seurat_v3 trend (loess) "
+        f"cannot be fitted on these cells with spans {', '.join(map(str, LOESS_SPANS))}; "
+        "pass --n-top-genes 0 to keep every gene"
     )
-    return adata[:, ranking["highly_variable"].to_numpy()].copy()
 
 
 def drop_empty_cells(adata: ad.AnnData, layer: str | None) -> ad.AnnData:

@@ -350,9 +350,12 @@ def test_bad_files_keys_and_options(h5ad, tmp_path, capsys):
 
 
 def test_query_without_shared_genes_fails_and_keeps_earlier_results(h5ad, tmp_path, capsys):
+    from pyro_scvae.folders import write_marker
+
     out = tmp_path / "out"
     out.mkdir()
     (out / "earlier.txt").write_text("results of an earlier run")
+    write_marker(out, "fit")  # an earlier run's outputs: the only kind --out may replace
     query = write_variant(
         tmp_path,
         h5ad,
@@ -379,6 +382,7 @@ def test_query_without_shared_genes_fails_and_keeps_earlier_results(h5ad, tmp_pa
     )
     assert (out / "earlier.txt").read_text() == "results of an earlier run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "renamed.h5ad"]  # no debris
+    assert sorted(p.name for p in out.iterdir()) == [".pyro_scvae", "earlier.txt"]
 
 
 def test_interrupted_run_writes_nothing(h5ad, tmp_path, capsys, monkeypatch):
