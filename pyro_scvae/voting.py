@@ -43,8 +43,14 @@ def over_cluster(
     resolution = over_clustering_resolution(len(latent)) if resolution is None else resolution
     adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(latent)).astype(str)))
     adata.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
+    # Exact neighbours, as in evaluation.umap_coordinates: scanpy 1.11 cannot read the
+    # pynndescent graph it builds from about 8,000 cells (csr_array, scipy 1.17).
     sc.pp.neighbors(
-        adata, n_neighbors=min(n_neighbors, len(latent) - 1), use_rep="X_latent", random_state=seed
+        adata,
+        n_neighbors=min(n_neighbors, len(latent) - 1),
+        use_rep="X_latent",
+        random_state=seed,
+        transformer="sklearn",
     )
     sc.tl.leiden(
         adata,

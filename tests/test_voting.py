@@ -61,3 +61,17 @@ def test_annotate_with_majority_voting(resolution):
         in_cluster = clusters == cluster
         assert voted[in_cluster].nunique() == 1
         assert voted[in_cluster].iloc[0] == calls[in_cluster].value_counts().index[0]
+
+
+def test_over_clustering_of_more_cells_than_scanpy_takes_exact_neighbours_for():
+    """From about 8,000 cells scanpy 1.11 builds a pynndescent graph it cannot read with
+    scipy 1.17 (AttributeError: no getnnz); the vote then failed on every such query."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=6.0, size=(3, 10))
+    groups = np.repeat(np.arange(3), 2900)  # 8,700 cells
+    latent = (centres[groups] + rng.normal(size=(8700, 10))).astype(np.float32)
+    calls = np.array(["a", "b", "c"])[groups]
+    wrong = rng.choice(8700, size=300, replace=False)
+    calls[wrong] = np.array(["a", "b", "c"])[(groups[wrong] + 1) % 3]  # scattered errors
+    voted = majority_voting(latent, calls, seed=0)
+    assert (voted["majority_voting"].to_numpy() == np.array(["a", "b", "c"])[groups]).mean() > 0.99
