@@ -14,7 +14,6 @@ expression matrix, so the three steps are re-written here with scanpy (a few lin
 
 from __future__ import annotations
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
@@ -40,18 +39,10 @@ def over_cluster(
     """Leiden clusters (strings ``"0"``, ``"1"``, …) of a kNN graph of ``latent [cells, d]``."""
     import scanpy as sc
 
+    from pyro_scvae.evaluation import latent_neighbours
+
     resolution = over_clustering_resolution(len(latent)) if resolution is None else resolution
-    adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(latent)).astype(str)))
-    adata.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
-    # Exact neighbours, as in evaluation.umap_coordinates: scanpy 1.11 cannot read the
-    # pynndescent graph it builds from about 8,000 cells (csr_array, scipy 1.17).
-    sc.pp.neighbors(
-        adata,
-        n_neighbors=min(n_neighbors, len(latent) - 1),
-        use_rep="X_latent",
-        random_state=seed,
-        transformer="sklearn",
-    )
+    adata = latent_neighbours(latent, n_neighbors, seed=seed)
     sc.tl.leiden(
         adata,
         resolution=resolution,
