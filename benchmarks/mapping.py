@@ -44,7 +44,7 @@ from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import markdown_table  # noqa: E402
+from benchmarks.report import markdown_table, save_study  # noqa: E402
 from benchmarks.tasks import build_task  # noqa: E402
 
 NEIGHBOURS = 30
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     for fold in args.folds:
         rows += run_fold(fold, args.seed, args.epochs)
         Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
-    report = render(rows, command)
-    Path(f"{args.out}.md").write_text(report)
-    print(report)
+    save_study(rows, render(rows, command), args.out)
 
 
 if __name__ == "__main__":

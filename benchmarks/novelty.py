@@ -52,7 +52,7 @@ from sklearn.neighbors import NearestNeighbors
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.methods import fit_predict_celltypist  # noqa: E402
-from benchmarks.report import markdown_table  # noqa: E402
+from benchmarks.report import markdown_table, save_study  # noqa: E402
 from benchmarks.tasks import build_task  # noqa: E402
 
 #: Held-out types of each task: for T1 the issue's example and two others; for T5 the
@@ -282,9 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 print(json.dumps(rows[-1]), flush=True)
                 Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
-    report = render(rows, command)
-    Path(f"{args.out}.md").write_text(report)
-    print(report)
+    save_study(rows, render(rows, command), args.out)
 
 
 if __name__ == "__main__":

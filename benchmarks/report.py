@@ -61,6 +61,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def save_study(rows: list[dict[str, Any]], report: str, out: str) -> None:
+    """Write a study's records to ``OUT.json`` and its report to ``OUT.md``, then print it."""
+    Path(f"{out}.json").write_text(json.dumps(rows, indent=1))
+    Path(f"{out}.md").write_text(report)
+    print(report)
+
+
 def mean_sd(values: Sequence[float], digits: int = 3) -> str:
     """``"mean ± sd"`` (sample sd), or the mean alone for a single value.
 

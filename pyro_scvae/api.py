@@ -31,6 +31,7 @@ from pyro_scvae.config import ModelConfig, TrainingConfig, default_epochs, defau
 from pyro_scvae.data import (
     BackedCounts,
     CellData,
+    class_prior_and_weights,
     count_matrix,
     encode_labels,
     library_prior,
@@ -126,10 +127,9 @@ class PyroSCVAE:
         self.data = CellData(counts, labels, batches)
         self.training_cells = np.flatnonzero(totals > 0)
         n_batches = len(self.batch_categories)
-        loc, scale = library_prior(
-            take_rows(counts, self.training_cells),
-            None if batches is None else batches[self.training_cells],
-            n_batches,
+        loc, scale = library_prior(counts, batches, n_batches)
+        prior, weights = class_prior_and_weights(
+            labels, len(self.classes), class_prior, balance_classes
         )
         self.config = ModelConfig(
             n_genes=counts.shape[1],
@@ -145,21 +145,6 @@ class PyroSCVAE:
             class_prior=class_prior,
             balance_classes=balance_classes,
         )
-        if class_prior not in ("uniform", "frequencies"):
-            raise InputError(f"class_prior must be 'uniform' or 'frequencies', not {class_prior!r}")
-        prior = None
-        if class_prior == "frequencies":
-            frequencies = np.bincount(labels[labels >= 0], minlength=len(self.classes)) + 1.0
-            prior = torch.tensor(frequencies / frequencies.sum(), dtype=torch.float32)
-        power = float(balance_classes)
-        if not 0.0 <= power <= 1.0:
-            raise InputError(f"balance_classes must be True, False or in [0, 1], not {power}")
-        weights = None
-        if power > 0:
-            counts_per_class = np.bincount(labels[labels >= 0], minlength=len(self.classes))
-            weights = counts_per_class.clip(1) ** -power  # [K]
-            weights *= counts_per_class.sum() / (counts_per_class * weights).sum()  # mean 1
-            weights = torch.tensor(weights, dtype=torch.float32)
         self._module_arguments = (loc, scale, prior, weights)
         self.module = self.new_module()
         self.genes = list(map(str, adata.var_names))
@@ -454,9 +439,8 @@ class PyroSCVAE:
         categories = [*self.batch_categories, *new]
         index = {name: i for i, name in enumerate(categories)}
         batches = np.array([index[v] for v in values], dtype=np.int64)
-        totals = np.asarray(counts.sum(axis=1)).ravel()
-        cells = np.flatnonzero(totals > 0)
-        loc, scale = library_prior(take_rows(counts, cells), batches[cells], len(categories))
+        cells = np.flatnonzero(np.asarray(counts.sum(axis=1)).ravel() > 0)
+        loc, scale = library_prior(counts, batches, len(categories))
         n_reference = len(self.batch_categories)
         module = extend_batches(self.module, loc[n_reference:], scale[n_reference:])
         epochs = fine_tune_epochs(len(cells), batch_size) if epochs is None else epochs

@@ -587,13 +587,15 @@ def library_prior(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of log total counts, per batch: the prior p(l).
 
-    On disk (:class:`BackedCounts`) the totals are summed in chunks of rows.
+    Cells without counts are left out (they do not train). On disk
+    (:class:`BackedCounts`) the totals are summed in chunks of rows.
     """
-    log_totals = np.log(np.asarray(counts.sum(axis=1)).ravel())  # [cells]
+    totals = np.asarray(counts.sum(axis=1)).ravel()  # [cells]
+    log_totals = np.log(totals[totals > 0])
     if batches is None:
         groups = [np.ones(len(log_totals), dtype=bool)]
     else:
-        groups = [batches == b for b in range(n_batches)]
+        groups = [batches[totals > 0] == b for b in range(n_batches)]
     loc = [log_totals[g].mean() if g.any() else log_totals.mean() for g in groups]
     scale = [max(log_totals[g].std(), 1e-2) if g.sum() > 1 else 1.0 for g in groups]
     return torch.tensor(loc, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
@@ -640,3 +642,42 @@ def minibatches(
                 have += 1
     for i in rng.permutation(len(chunks)):
         yield chunks[i]
+
+
+def class_prior_and_weights(
+    labels: np.ndarray, n_classes: int, class_prior: str, balance_classes: bool | float
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """p(y) and the class-balancing weights of the classification term, from the labels.
+
+    Parameters
+    ----------
+    labels
+        ``[cells]`` class codes, -1 where unlabelled.
+    class_prior
+        ``"uniform"`` (returns None: the model's own uniform p(y)) or ``"frequencies"``
+        (the labelled cells' frequencies, each count plus one).
+    balance_classes
+        Power p of the weights ``n_y ** -p`` (True is 1, False is 0: returns None),
+        scaled to a mean of 1 over the labelled cells.
+
+    Returns
+    -------
+    tuple
+        ``(prior [K] or None, weights [K] or None)``.
+    """
+    if class_prior not in ("uniform", "frequencies"):
+        raise InputError(f"class_prior must be 'uniform' or 'frequencies', not {class_prior!r}")
+    power = float(balance_classes)
+    if not 0.0 <= power <= 1.0:
+        raise InputError(f"balance_classes must be True, False or in [0, 1], not {power}")
+    counts_per_class = np.bincount(labels[labels >= 0], minlength=n_classes)  # [K]
+    prior = None
+    if class_prior == "frequencies":
+        frequencies = counts_per_class + 1.0
+        prior = torch.tensor(frequencies / frequencies.sum(), dtype=torch.float32)
+    weights = None
+    if power > 0:
+        weights = counts_per_class.clip(1) ** -power  # [K]
+        weights = weights * counts_per_class.sum() / (counts_per_class * weights).sum()  # mean 1
+        weights = torch.tensor(weights, dtype=torch.float32)
+    return prior, weights

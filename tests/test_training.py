@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pyro
 import pytest
+import scipy.sparse as sp
 import torch
 
 from pyro_scvae import PyroSCVAE
-from pyro_scvae.data import minibatches
+from pyro_scvae.data import class_prior_and_weights, library_prior, minibatches
 from pyro_scvae.model import HierarchicalVAE, ModelConfig
 from pyro_scvae.simulate import simulate_counts
 from pyro_scvae.training import Stepper
@@ -273,3 +274,26 @@ def test_compiled_step_draws_new_noise_every_step(monkeypatch):
                 torch.manual_seed(5)
                 losses.append(compiled.step(x, labels, None))
             assert losses[0] == losses[1]
+
+
+def test_library_prior_is_per_batch_log_totals_without_empty_cells():
+    counts = sp.csr_matrix(np.array([[1, 3], [0, 0], [10, 0], [5, 5], [0, 0]], dtype=np.float32))
+    batches = np.array([0, 0, 0, 1, 1])
+    loc, scale = library_prior(counts, batches, 2)
+    expected = np.log([4.0, 10.0])  # batch 0 without its empty cell
+    np.testing.assert_allclose(loc.numpy(), [expected.mean(), np.log(10.0)], rtol=1e-6)
+    np.testing.assert_allclose(scale[0].item(), expected.std(), rtol=1e-6)
+    assert scale[1].item() == 1.0  # one cell with counts: no spread to measure
+    assert np.isfinite(library_prior(counts, None, 0)[0].numpy()).all()
+
+
+def test_class_weights_are_inverse_counts_with_mean_one_over_labelled_cells():
+    labels = np.array([0, 0, 0, 1, -1, -1])
+    prior, weights = class_prior_and_weights(labels, 3, "frequencies", True)
+    np.testing.assert_allclose(prior.numpy(), np.array([4.0, 2.0, 1.0]) / 7, rtol=1e-6)
+    w = weights.numpy()
+    np.testing.assert_allclose(w[0] * 3, w[1], rtol=1e-6)  # 1 / n_y
+    np.testing.assert_allclose((w[labels[labels >= 0]]).mean(), 1.0, rtol=1e-6)
+    assert class_prior_and_weights(labels, 3, "uniform", False) == (None, None)
+    with pytest.raises(Exception, match="class_prior"):
+        class_prior_and_weights(labels, 3, "flat", True)
