@@ -41,6 +41,28 @@ def expected_calibration_error(
     return float(np.abs(gap).sum() / max(confidence.size, 1))
 
 
+def ece_floor(confidence: np.ndarray, n_bins: int = 15, draws: int = 200) -> float:
+    """The ECE that a perfectly calibrated predictor would show on these cells, on average.
+
+    Each cell is drawn right with probability equal to its confidence (so the predictor
+    is calibrated by construction) and the ECE of the draw is measured; the mean over
+    ``draws`` draws (seeded, so repeatable) is the floor that sampling noise alone sets
+    on few cells: an ECE near it cannot be told from perfect calibration.
+    """
+    confidence = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    rng = np.random.default_rng(0)
+    return float(
+        np.mean(
+            [
+                expected_calibration_error(
+                    confidence, rng.random(confidence.size) < confidence, n_bins
+                )
+                for _ in range(draws)
+            ]
+        )
+    )
+
+
 def score(
     truth: Sequence[str] | pd.Series, proba: pd.DataFrame, n_bins: int = 15
 ) -> dict[str, object]:
@@ -62,8 +84,8 @@ def score(
     Returns
     -------
     dict
-        ``accuracy``, ``macro_f1``, ``weighted_f1``, ``ece`` (floats) and ``per_class_f1``
-        (dict class -> F1).
+        ``accuracy``, ``macro_f1``, ``weighted_f1``, ``ece``, ``ece_floor``
+        (:func:`ece_floor`; floats) and ``per_class_f1`` (dict class -> F1).
     """
     truth = np.asarray(truth, dtype=object).astype(str)
     values = proba.to_numpy(dtype=np.float64)
@@ -81,5 +103,6 @@ def score(
             f1_score(truth, predicted, labels=classes, average="weighted", zero_division=0.0)
         ),
         "ece": expected_calibration_error(confidence, predicted == truth, n_bins=n_bins),
+        "ece_floor": ece_floor(confidence, n_bins=n_bins),
         "per_class_f1": {str(c): float(f) for c, f in zip(classes, per_class, strict=True)},
     }

@@ -20,7 +20,7 @@ from pyro_scvae.distributions import log_zinb_sparse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import methods, run
-from benchmarks.metrics import expected_calibration_error, score
+from benchmarks.metrics import ece_floor, expected_calibration_error, score
 from benchmarks.tasks import TASKS, TASKS_NEEDING_DATA, build_task, data_available
 from benchmarks.tasks import load_pbmc68k_counts as benchmark_loader
 
@@ -109,6 +109,22 @@ def test_metrics_on_known_values():
     assert scores["macro_f1"] == pytest.approx(1 / 3)
     assert expected_calibration_error(np.ones(4), np.zeros(4)) == pytest.approx(1.0)
     assert expected_calibration_error(np.full(4, 0.5), np.array([1, 0, 1, 0])) == 0.0
+
+
+def test_ece_floor_is_the_sampling_noise_of_a_calibrated_predictor():
+    # one bin at 0.8: E|accuracy − 0.8| for n cells is about sqrt(0.16 / n) · sqrt(2 / π)
+    for n in (100, 1600):
+        expected = np.sqrt(0.16 / n) * np.sqrt(2 / np.pi)
+        assert ece_floor(np.full(n, 0.8)) == pytest.approx(expected, rel=0.15)
+    assert ece_floor(np.ones(50)) == 0.0  # certain and calibrated: no noise
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.5, 1.0, 300)
+    observed = [
+        expected_calibration_error(confidence, rng.random(300) < confidence) for _ in range(100)
+    ]
+    assert np.mean(observed) == pytest.approx(ece_floor(confidence), rel=0.15)
+    proba = pd.DataFrame({"a": confidence, "b": 1 - confidence})
+    assert score(["a"] * 300, proba)["ece_floor"] == pytest.approx(ece_floor(confidence))
 
 
 def test_t4_counts_match_the_package_loader():
