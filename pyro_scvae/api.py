@@ -14,7 +14,6 @@ Examples
 
 from __future__ import annotations
 
-import copy
 import functools
 import time
 import warnings
@@ -417,74 +416,11 @@ class PyroSCVAE:
         seed, batch_size, lr, device, progress, threads
             As in :meth:`fit` (the KL terms have their full weight from the start).
         """
-        from pyro_scvae.mapping import extend_batches, fine_tune_epochs
-        from pyro_scvae.mapping import freeze_reference as freeze
+        from pyro_scvae.mapping import map_query
 
-        key = self.setup.get("batch_key")
-        if key is None or not self.batch_categories:
-            raise InputError(
-                "this model has no batch covariate, so there is no batch to map; "
-                "fit the reference with a batch_key (--batch-key) to map queries"
-            )
-        if key not in adata.obs:
-            raise InputError(f"batch column '{key}' not found in obs of the query")
-        counts = match_genes(count_matrix(adata, self.setup["layer"]), adata.var_names, self.genes)
-        values = adata.obs[key].astype(str).to_numpy()
-        new = sorted(set(values) - set(self.batch_categories))
-        if not new:
-            raise InputError(
-                f"every batch of the query is one the model was trained on "
-                f"({', '.join(sorted(set(values)))}); predict directly, without fine-tuning"
-            )
-        categories = [*self.batch_categories, *new]
-        index = {name: i for i, name in enumerate(categories)}
-        batches = np.array([index[v] for v in values], dtype=np.int64)
-        cells = np.flatnonzero(np.asarray(counts.sum(axis=1)).ravel() > 0)
-        loc, scale = library_prior(counts, batches, len(categories))
-        n_reference = len(self.batch_categories)
-        module = extend_batches(self.module, loc[n_reference:], scale[n_reference:])
-        epochs = fine_tune_epochs(len(cells), batch_size) if epochs is None else epochs
-        config = TrainingConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            progress=progress,
-            kl_warmup=0.0,
-            validation_fraction=0.0,
-            early_stopping=False,
-            calibrate=False,
+        return map_query(
+            self, adata, epochs, freeze_reference, seed, batch_size, lr, device, progress, threads
         )
-        data = CellData(take_rows(counts, cells), np.full(len(cells), -1), batches[cells])
-        hooks = freeze(module, n_reference) if freeze_reference else []
-        start = time.perf_counter()
-        try:
-            with warnings.catch_warnings():  # frozen weights are not registered: as meant
-                warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
-                history = train(module, data, config, description="fine-tuning", threads=threads)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        mapped = copy.copy(self)
-        mapped.module, mapped.config = module, module.config
-        mapped.batch_categories = categories
-        mapped.setup = dict(self.setup)
-        mapped.novelty = copy.deepcopy(self.novelty)
-        mapped.adata = mapped.data = None
-        mapped.history, mapped.training_config = history, config
-        mapped.train_seconds = time.perf_counter() - start
-        mapped.epochs_trained = len(history.elbo)
-        mapped.selection, mapped.validation_metrics, mapped.distributed_run = None, None, None
-        mapped.validation_cells = np.array([], dtype=np.int64)
-        mapped.mapping = {
-            "reference_batches": list(self.batch_categories),
-            "new_batches": new,
-            "freeze_reference": bool(freeze_reference),
-            "epochs": len(history.elbo),
-            "n_cells": int(len(cells)),
-        }
-        return mapped
 
     # ------------------------------------------------------------------ inference
     def _probabilities(

@@ -24,12 +24,27 @@ Fine-tuning moves z₁ only for a reference trained with ``encode_batch=True``.
 
 from __future__ import annotations
 
+import copy
 import math
+import time
+import warnings
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
+from pyro_scvae.config import TrainingConfig
+from pyro_scvae.data import CellData, count_matrix, library_prior, take_rows
+from pyro_scvae.errors import InputError
+from pyro_scvae.genes import match_genes
 from pyro_scvae.model import HierarchicalVAE
+from pyro_scvae.training import train
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from pyro_scvae.api import PyroSCVAE
 
 #: Gradient steps that :func:`fine_tune_epochs` aims at.
 FINE_TUNE_STEPS = 300
@@ -124,3 +139,86 @@ def freeze_reference(vae: HierarchicalVAE, n_reference_batches: int) -> list:
         else:
             handles.append(_Thawed(parameter))
     return handles
+
+
+def map_query(
+    reference: PyroSCVAE,
+    adata: ad.AnnData,
+    epochs: int | None,
+    freeze: bool,
+    seed: int,
+    batch_size: int,
+    lr: float,
+    device: str,
+    progress: bool,
+    threads: int | str | None,
+) -> PyroSCVAE:
+    """:meth:`PyroSCVAE.map_query <pyro_scvae.api.PyroSCVAE.map_query>`: a copy of
+    ``reference`` that knows the new batches of ``adata``, fine-tuned on its cells."""
+    key = reference.setup.get("batch_key")
+    if key is None or not reference.batch_categories:
+        raise InputError(
+            "this model has no batch covariate, so there is no batch to map; "
+            "fit the reference with a batch_key (--batch-key) to map queries"
+        )
+    if key not in adata.obs:
+        raise InputError(f"batch column '{key}' not found in obs of the query")
+    counts = match_genes(
+        count_matrix(adata, reference.setup["layer"]), adata.var_names, reference.genes
+    )
+    values = adata.obs[key].astype(str).to_numpy()
+    new = sorted(set(values) - set(reference.batch_categories))
+    if not new:
+        raise InputError(
+            f"every batch of the query is one the model was trained on "
+            f"({', '.join(sorted(set(values)))}); predict directly, without fine-tuning"
+        )
+    categories = [*reference.batch_categories, *new]
+    index = {name: i for i, name in enumerate(categories)}
+    batches = np.array([index[v] for v in values], dtype=np.int64)
+    cells = np.flatnonzero(np.asarray(counts.sum(axis=1)).ravel() > 0)
+    loc, scale = library_prior(counts, batches, len(categories))
+    n_reference = len(reference.batch_categories)
+    module = extend_batches(reference.module, loc[n_reference:], scale[n_reference:])
+    epochs = fine_tune_epochs(len(cells), batch_size) if epochs is None else epochs
+    config = TrainingConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+        kl_warmup=0.0,
+        validation_fraction=0.0,
+        early_stopping=False,
+        calibrate=False,
+    )
+    data = CellData(take_rows(counts, cells), np.full(len(cells), -1), batches[cells])
+    hooks = freeze_reference(module, n_reference) if freeze else []
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():  # frozen weights are not registered: as meant
+            warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
+            history = train(module, data, config, description="fine-tuning", threads=threads)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    mapped = copy.copy(reference)
+    mapped.module, mapped.config = module, module.config
+    mapped.batch_categories = categories
+    mapped.setup = dict(reference.setup)
+    mapped.novelty = copy.deepcopy(reference.novelty)
+    mapped.adata = mapped.data = None
+    mapped.history, mapped.training_config = history, config
+    mapped.train_seconds = time.perf_counter() - start
+    mapped.epochs_trained = len(history.elbo)
+    mapped.selection, mapped.validation_metrics, mapped.distributed_run = None, None, None
+    mapped.validation_cells = np.array([], dtype=np.int64)
+    mapped.mapping = {
+        "reference_batches": list(reference.batch_categories),
+        "new_batches": new,
+        "freeze_reference": bool(freeze),
+        "epochs": len(history.elbo),
+        "n_cells": int(len(cells)),
+    }
+    return mapped
