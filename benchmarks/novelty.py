@@ -21,6 +21,11 @@ query cells:
     al. 2021), which discounts directions in which every type varies.
 ``knn``
     mean Euclidean distance of z₁ to its 10 nearest labelled reference cells.
+``prior_density``
+    −log p(z₁) under the model's own prior of cell states, the mixture over types
+    Σ_y p(y) ∫ p(z₁ | z₂, y) p(z₂) dz₂, at the posterior mean of z₁, each integral
+    importance-sampled with the guide's q(z₂ | z₁, y) (:func:`prior_log_density`): how
+    improbable the cell's state is under every type's generative prior.
 ``max_probability`` (baseline)
     1 − the largest calibrated probability of q(y | z₁).
 ``entropy``
@@ -65,6 +70,7 @@ SCORES = [
     "relative_mahalanobis",
     "mahalanobis_per_class",
     "knn",
+    "prior_density",
     "max_probability",
     "entropy",
 ]
@@ -88,6 +94,36 @@ def relative_distance(latent, reference_latent, nearest):
     """Squared nearest-class distance minus the squared distance to one background Gaussian."""
     background = LedoitWolf().fit(reference_latent)
     return nearest**2 - background.mahalanobis(latent)
+
+
+def prior_log_density(module, latent: np.ndarray, draws: int = 16, seed: int = 0) -> np.ndarray:
+    """log p(z₁) = log Σ_y p(y) ∫ p(z₁ | z₂, y) p(z₂) dz₂ at each row of ``latent``.
+
+    Each ∫ is ``log mean_s p(z₁ | z₂ˢ, y) p(z₂ˢ) / q(z₂ˢ | z₁, y)`` over ``draws`` draws
+    z₂ˢ ~ q(z₂ | z₁, y) (an importance-sampling estimate, unbiased in p(z₁ | y)).
+    """
+    import torch
+    from torch.distributions import Normal
+
+    module.eval()
+    n_classes = module.config.n_classes
+    generator = torch.Generator().manual_seed(seed)
+    onehot = torch.eye(n_classes).unsqueeze(1)  # [K, 1, K]: every type for every cell
+    log_prior_y = torch.log_softmax(module.class_log_prior, 0).unsqueeze(-1)  # [K, 1]
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(latent), 512):
+            z1 = torch.as_tensor(latent[start : start + 512], dtype=torch.float32)  # [n, d]
+            z2_loc, z2_scale = module.z2_encoder(z1, onehot)  # [K, n, d]
+            noise = torch.randn((draws, *z2_loc.shape), generator=generator)
+            z2 = z2_loc + z2_scale * noise  # [S, K, n, d]
+            log_q = Normal(z2_loc, z2_scale).log_prob(z2).sum(-1)  # [S, K, n]
+            log_p_z2 = Normal(0.0, 1.0).log_prob(z2).sum(-1)  # [S, K, n]
+            z1_loc, z1_scale = module.z1_decoder(z2, onehot)  # [S, K, n, d]
+            log_p_z1 = Normal(z1_loc, z1_scale).log_prob(z1).sum(-1)  # [S, K, n]
+            log_p_given_y = torch.logsumexp(log_p_z1 + log_p_z2 - log_q, 0) - np.log(draws)
+            out.append(torch.logsumexp(log_p_given_y + log_prior_y, 0).numpy())  # [n]
+    return np.concatenate(out)
 
 
 def split(task: str, held_out: str, seed: int):
@@ -142,6 +178,7 @@ def leave_one_out(
         .fit(reference_latent[labels >= 0])
         .kneighbors(latent)[0]
         .mean(1),
+        "prior_density": -prior_log_density(model.module, latent, seed=seed),
         "max_probability": 1 - probabilities.max(1),
         "entropy": entropy(probabilities, axis=1),
     }
@@ -151,6 +188,7 @@ def leave_one_out(
             latent=latent,
             novel=novel,
             probabilities=probabilities,
+            prior_density=scores["prior_density"],
             reference_latent=reference_latent[labels >= 0],
             reference_labels=labels[labels >= 0],
         )

@@ -240,3 +240,24 @@ def test_step_times_variants_make_the_same_step_and_all_get_timed():
     )
     assert [(r["batch_size"], r["labelled"]) for r in rows] == [(32, False), (32, True)]
     assert all(r[v] > 0 for r in rows for v in (*step_times.VARIANTS, "assembly"))
+
+
+def test_prior_density_of_novelty_study_matches_plain_monte_carlo():
+    """The importance-sampled log p(z₁) of benchmarks/novelty.py against z₂ drawn from p(z₂)."""
+    from torch.distributions import Normal
+
+    from benchmarks.novelty import prior_log_density
+    from pyro_scvae.model import HierarchicalVAE, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(n_genes=5, n_classes=3, n_latent=2)
+    module = HierarchicalVAE(config, torch.zeros(1), torch.ones(1)).eval()
+    latent = torch.randn(4, 2).numpy()
+    estimate = prior_log_density(module, latent, draws=20_000)
+    z2 = torch.randn(200_000, 1, 1, 2)  # [S, 1, 1, d] from p(z₂)
+    with torch.no_grad():
+        loc, scale = module.z1_decoder(z2, torch.eye(3).unsqueeze(1))  # [S, K, 1, d]
+        log_p = Normal(loc, scale).log_prob(torch.as_tensor(latent)).sum(-1)  # [S, K, cells]
+        naive = torch.logsumexp(log_p, 0) - np.log(len(z2))  # log p(z₁ | y), [K, cells]
+        naive = torch.logsumexp(naive + np.log(1 / 3), 0).numpy()
+    np.testing.assert_allclose(estimate, naive, atol=0.05)
