@@ -126,7 +126,7 @@ class PyroSCVAE:
         self.data = CellData(counts, labels, batches)
         self.training_cells = np.flatnonzero(totals > 0)
         n_batches = len(self.batch_categories)
-        loc, scale = library_prior(counts, batches, n_batches)
+        loc, scale = library_prior(totals, batches, n_batches)
         prior, weights = class_prior_and_weights(
             labels, len(self.classes), class_prior, balance_classes
         )

@@ -583,19 +583,20 @@ class CellData:
 
 
 def library_prior(
-    counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, n_batches: int
+    totals: np.ndarray, batches: np.ndarray | None, n_batches: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of log total counts, per batch: the prior p(l).
 
-    Cells without counts are left out (they do not train). On disk
-    (:class:`BackedCounts`) the totals are summed in chunks of rows.
+    ``totals`` are the cells' total counts ``[cells]`` (the caller has them already, so
+    counts on disk are not read again); cells without counts are left out (they do not
+    train).
     """
-    totals = np.asarray(counts.sum(axis=1)).ravel()  # [cells]
-    log_totals = np.log(totals[totals > 0])
+    kept = totals > 0
+    log_totals = np.log(totals[kept])
     if batches is None:
         groups = [np.ones(len(log_totals), dtype=bool)]
     else:
-        groups = [batches[totals > 0] == b for b in range(n_batches)]
+        groups = [batches[kept] == b for b in range(n_batches)]
     loc = [log_totals[g].mean() if g.any() else log_totals.mean() for g in groups]
     scale = [max(log_totals[g].std(), 1e-2) if g.sum() > 1 else 1.0 for g in groups]
     return torch.tensor(loc, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)

@@ -176,8 +176,9 @@ def map_query(
     categories = [*reference.batch_categories, *new]
     index = {name: i for i, name in enumerate(categories)}
     batches = np.array([index[v] for v in values], dtype=np.int64)
-    cells = np.flatnonzero(np.asarray(counts.sum(axis=1)).ravel() > 0)
-    loc, scale = library_prior(counts, batches, len(categories))
+    totals = np.asarray(counts.sum(axis=1)).ravel()  # [cells]
+    cells = np.flatnonzero(totals > 0)
+    loc, scale = library_prior(totals, batches, len(categories))
     n_reference = len(reference.batch_categories)
     module = extend_batches(reference.module, loc[n_reference:], scale[n_reference:])
     epochs = fine_tune_epochs(len(cells), batch_size) if epochs is None else epochs
