@@ -5,11 +5,16 @@ are paired. Prints one row per (task, seed, option set) and a mean per option se
 
     OMP_NUM_THREADS=1 python benchmarks/cli_study.py --tasks T3s T5s --seeds 0 \\
         --variant default= --variant share=--labelled-share,0.5
+
+An option ``EPOCHS/k`` stands for a k-th of the command's default epochs on the task's
+cells (``--variant short3=--ensemble,3,--epochs,EPOCHS/3``: a seed ensemble of three
+members in the time of one).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +24,7 @@ if __package__ in (None, ""):
 from benchmarks.methods import fit_predict_pyro_scvae_cli
 from benchmarks.metrics import score
 from benchmarks.tasks import build_task
+from pyro_scvae.config import default_epochs
 
 
 def main() -> None:
@@ -44,6 +50,7 @@ def main() -> None:
             task = build_task(task_name, seed)
             truth = task.adata.obs.loc[task.adata.obs["is_query"], "label"]
             for name, options in variants.items():
+                options = [epochs_option(o, task.adata.n_obs) for o in options]
                 proba, info = fit_predict_pyro_scvae_cli(task.adata, seed, extra_args=options)
                 result = score(truth.loc[proba.index], proba)
                 totals[name].append(result["macro_f1"])
@@ -54,6 +61,14 @@ def main() -> None:
                 )
     for name, values in totals.items():
         print(f"mean macro-F1 {name}: {sum(values) / len(values):.3f} over {len(values)} runs")
+
+
+def epochs_option(option: str, n_cells: int) -> str:
+    """``EPOCHS/k`` as a number: a k-th of the default epochs of ``n_cells`` (at least 1)."""
+    match = re.fullmatch(r"EPOCHS/(\d+)", option)
+    if match is None:
+        return option
+    return str(max(1, round(default_epochs(n_cells) / int(match.group(1)))))
 
 
 if __name__ == "__main__":

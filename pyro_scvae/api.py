@@ -37,7 +37,7 @@ from pyro_scvae.data import (
     take_rows,
 )
 from pyro_scvae.errors import InputError, PyroSCVAEWarning
-from pyro_scvae.fitting import select_and_refit
+from pyro_scvae.fitting import fit_ensemble, member_seed
 from pyro_scvae.genes import match_genes
 from pyro_scvae.model import HierarchicalVAE
 from pyro_scvae.novelty import NoveltyReference, fit_novelty
@@ -146,6 +146,8 @@ class PyroSCVAE:
         )
         self._module_arguments = (loc, scale, prior, weights)
         self.module = self.new_module()
+        self.extra_members: list[HierarchicalVAE] = []  # members 1 … of a seed ensemble
+        self.ensemble_summary: dict | None = None  # what fit(ensemble=N > 1) found
         self.genes = list(map(str, adata.var_names))
         self.history: History | None = None
         self.training_config: TrainingConfig | None = None
@@ -160,9 +162,12 @@ class PyroSCVAE:
         self.novelty: NoveltyReference | None = None  # set by fit (pyro_scvae.novelty)
         self.mapping: dict | None = None  # what map_query did, on a mapped model
 
-    def new_module(self) -> HierarchicalVAE:
-        """The networks with their initial weights (seeded by ``seed``): the untrained model."""
-        torch.manual_seed(self.seed)
+    def new_module(self, member: int = 0) -> HierarchicalVAE:
+        """The networks with their initial weights (seeded by ``seed``): the untrained model.
+
+        ``member`` m > 0: those of member m of a seed ensemble (seeded by ``seed + m``).
+        """
+        torch.manual_seed(member_seed(self.seed, member))
         return HierarchicalVAE(self.config, *self._module_arguments)
 
     # ------------------------------------------------------------------ set-up
@@ -265,6 +270,7 @@ class PyroSCVAE:
         refit: str = TRAINING_DEFAULTS["refit"],
         calibrate: bool = TRAINING_DEFAULTS["calibrate"],
         labelled_share: float = TRAINING_DEFAULTS["labelled_share"],
+        ensemble: int = TRAINING_DEFAULTS["ensemble"],
         progress: bool = True,
         jit: bool = False,
         devices: int = 1,
@@ -306,6 +312,11 @@ class PyroSCVAE:
         labelled_share
             Least share of each epoch's minibatches that are labelled (see
             :func:`pyro_scvae.data.minibatches`).
+        ensemble
+            Fit this many models from seeds ``seed``, ``seed + 1`` … and predict with the
+            mean of their probabilities (:func:`~pyro_scvae.fitting.fit_ensemble`); it
+            takes as many times as long. The first member gives the latent
+            representation, the novelty scores and the marker genes.
         jit
             Compile the loss with ``JitTraceEnum_ELBO`` (see :mod:`pyro_scvae.training`).
         devices, accelerator, num_nodes
@@ -340,6 +351,7 @@ class PyroSCVAE:
             patience=patience,
             refit=refit,
             calibrate=calibrate,
+            ensemble=ensemble,
         )
         start = time.perf_counter()
         self.distributed_run = None
@@ -361,7 +373,7 @@ class PyroSCVAE:
                 )
                 return self.distributed_run.history
 
-        self.history = select_and_refit(self, self.training_config, run)
+        self.history = fit_ensemble(self, self.training_config, run)
         self.fit_novelty()
         self.train_seconds = time.perf_counter() - start
         return self
@@ -376,7 +388,8 @@ class PyroSCVAE:
             raise InputError("the novelty reference needs the training data (not a loaded model)")
         cells = self.training_cells[self.data.labels[self.training_cells] >= 0]
         batches = None if self.data.batches is None else self.data.batches[cells]
-        latent = self._encode_chunks(take_rows(self.data.counts, cells), batches, 4096)[0]
+        counts = take_rows(self.data.counts, cells)
+        latent = self._encode_chunks(counts, batches, 4096, ensemble=False)[0]
         settings = {} if quantile is None else {"quantile": quantile}
         self.novelty = fit_novelty(
             latent, self.data.labels[cells], len(self.classes), seed=self.seed, **settings
@@ -439,6 +452,7 @@ class PyroSCVAE:
         batches: np.ndarray | None,
         chunk: int = 4096,
         threads: int | str | None = None,
+        ensemble: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean of z₁ and the logits of q(y | z₁) there, in chunks, on ``threads``.
 
@@ -447,23 +461,36 @@ class PyroSCVAE:
         policy = ThreadPolicy(threads, min(chunk, counts.shape[0]) * counts.shape[1])
         with policy:
             self.prediction_threads = policy
-            return self._encode_chunks(counts, batches, chunk)
+            return self._encode_chunks(counts, batches, chunk, ensemble)
 
     def _encode_chunks(
-        self, counts: sp.csr_matrix | BackedCounts, batches: np.ndarray | None, chunk: int
+        self,
+        counts: sp.csr_matrix | BackedCounts,
+        batches: np.ndarray | None,
+        chunk: int,
+        ensemble: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean of z₁ ``[cells, d]`` and the classifier's logits ``[cells, K]``."""
+        """Posterior mean of z₁ ``[cells, d]`` and the classifier's logits ``[cells, K]``.
+
+        With members beyond the first (a seed ensemble) the logits are stacked
+        ``[members, cells, K]``, unless ``ensemble=False``; z₁ is the first member's.
+        """
+        modules = [self.module, *self.extra_members] if ensemble else [self.module]
         device = next(self.module.parameters()).device
-        self.module.eval()
-        latent, logits = [], []
+        latent, logits = [], [[] for _ in modules]
+        for module in modules:
+            module.eval()
         for start in range(0, counts.shape[0], chunk):
             rows = slice(start, start + chunk)
             x = torch.from_numpy(counts[rows].toarray()).to(device)  # [chunk, G]
             b = None if batches is None else torch.from_numpy(batches[rows]).to(device)
-            z1, chunk_logits = self.module.encode(x, b)  # [chunk, d], [chunk, K]
-            latent.append(z1.cpu().numpy())
-            logits.append(chunk_logits.cpu().numpy())
-        return np.concatenate(latent), np.concatenate(logits)
+            for member, module in enumerate(modules):
+                z1, chunk_logits = module.encode(x, b)  # [chunk, d], [chunk, K]
+                if member == 0:
+                    latent.append(z1.cpu().numpy())
+                logits[member].append(chunk_logits.cpu().numpy())
+        stacked = np.stack([np.concatenate(m) for m in logits])  # [members, cells, K]
+        return np.concatenate(latent), stacked[0] if len(modules) == 1 else stacked
 
     def _query_arrays(
         self, adata: ad.AnnData | None
@@ -543,8 +570,11 @@ class PyroSCVAE:
     def get_latent_representation(
         self, adata: ad.AnnData | None = None, threads: int | str | None = None
     ) -> np.ndarray:
-        """Posterior mean of z₁ for each cell, ``[cells, n_latent]`` (for UMAP, clustering)."""
-        return self._encode(*self._query_arrays(adata), threads=threads)[0]
+        """Posterior mean of z₁ for each cell, ``[cells, n_latent]`` (for UMAP, clustering).
+
+        For a seed ensemble, that of its first member.
+        """
+        return self._encode(*self._query_arrays(adata), threads=threads, ensemble=False)[0]
 
     def annotate(
         self,

@@ -9,6 +9,7 @@ of epochs, the learning-rate factor and the KL weight β of each epoch.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from pyro_scvae.errors import InputError
@@ -119,6 +120,11 @@ class TrainingConfig:
         never learnt).
     calibrate
         Fit a temperature for q(y | z₁) on the held-out cells (temperature scaling).
+    ensemble
+        Members of a seed ensemble: each member is fitted as above, from seeds
+        ``seed``, ``seed + 1`` …, on the same held-out cells; the model's probabilities
+        are the mean of theirs, calibrated by one temperature (see
+        :func:`pyro_scvae.fitting.fit_ensemble`). 1: a single model.
     start_epoch, stop_epoch
         Train epochs ``start_epoch … stop_epoch - 1`` only (defaults: 0 and ``epochs``;
         past ``epochs`` the schedule keeps its last values); set by the refit.
@@ -139,6 +145,7 @@ class TrainingConfig:
     patience: int | None = None
     refit: str = "continue"
     calibrate: bool = True
+    ensemble: int = 1
     start_epoch: int = 0
     stop_epoch: int | None = None
 
@@ -150,6 +157,12 @@ class TrainingConfig:
             raise InputError("validation_fraction must be in [0, 1)")
         if not 0.0 <= self.labelled_share < 1.0:
             raise InputError("labelled_share must be in [0, 1)")
+        whole = isinstance(self.ensemble, numbers.Integral) and not isinstance(self.ensemble, bool)
+        if not whole or self.ensemble < 1:
+            raise InputError(
+                f"ensemble must be a whole number of members ≥ 1, not {self.ensemble!r}"
+            )
+        self.ensemble = int(self.ensemble)
         if self.refit not in REFIT_MODES:
             raise InputError(f"refit must be one of {REFIT_MODES}, not {self.refit!r}")
 

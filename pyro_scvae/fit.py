@@ -144,6 +144,15 @@ def build_parser() -> cli.ArgumentParser:
         "rises from 0 to 1 (scvi-tools' KL warm-up; 0: none; default: %(default)s)",
     )
     training.add_argument(
+        "--ensemble",
+        type=cli.integer(1, 100, "positive_int"),
+        default=training_defaults["ensemble"],
+        metavar="N",
+        help="fit N models from seeds --seed, --seed + 1 … and annotate with the mean of "
+        "their probabilities (a seed ensemble); N times the training time "
+        "(default: %(default)s)",
+    )
+    training.add_argument(
         "--seed",
         type=cli.seed,
         default=0,
@@ -337,6 +346,7 @@ def run(args) -> None:
         refit=args.refit,
         calibrate=args.calibrate,
         labelled_share=args.labelled_share,
+        ensemble=args.ensemble,
         progress=not args.quiet,
         devices=args.devices,
         accelerator=args.accelerator,

@@ -37,6 +37,7 @@ import torch
 from pyro_scvae.config import TrainingConfig
 from pyro_scvae.data import CellData, count_matrix, library_prior, take_rows
 from pyro_scvae.errors import InputError
+from pyro_scvae.fitting import member_seed
 from pyro_scvae.genes import match_genes
 from pyro_scvae.model import HierarchicalVAE
 from pyro_scvae.training import train
@@ -180,7 +181,6 @@ def map_query(
     cells = np.flatnonzero(totals > 0)
     loc, scale = library_prior(totals, batches, len(categories))
     n_reference = len(reference.batch_categories)
-    module = extend_batches(reference.module, loc[n_reference:], scale[n_reference:])
     epochs = fine_tune_epochs(len(cells), batch_size) if epochs is None else epochs
     config = TrainingConfig(
         epochs=epochs,
@@ -195,31 +195,41 @@ def map_query(
         calibrate=False,
     )
     data = CellData(take_rows(counts, cells), np.full(len(cells), -1), batches[cells])
-    hooks = freeze_reference(module, n_reference) if freeze else []
     start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():  # frozen weights are not registered: as meant
-            warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
-            history = train(module, data, config, description="fine-tuning", threads=threads)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    members, histories = [reference.module, *reference.extra_members], []
+    for index, member in enumerate(members):  # each member of a seed ensemble alike
+        module = extend_batches(member, loc[n_reference:], scale[n_reference:])
+        hooks = freeze_reference(module, n_reference) if freeze else []
+        member_config = replace(config, seed=member_seed(seed, index))
+        who = f" (member {index + 1} of {len(members)})" if len(members) > 1 else ""
+        try:
+            with warnings.catch_warnings():  # frozen weights are not registered: as meant
+                warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
+                histories.append(
+                    train(module, data, member_config, None, "fine-tuning" + who, threads)
+                )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        members[index] = module
+    history = histories[0]
     mapped = copy.copy(reference)
-    mapped.module, mapped.config = module, module.config
+    mapped.module, mapped.extra_members = members[0], members[1:]
+    mapped.config = mapped.module.config
     mapped.batch_categories = categories
     mapped.setup = dict(reference.setup)
     mapped.novelty = copy.deepcopy(reference.novelty)
     mapped.adata = mapped.data = None
     mapped.history, mapped.training_config = history, config
     mapped.train_seconds = time.perf_counter() - start
-    mapped.epochs_trained = len(history.elbo)
+    mapped.epochs_trained = sum(len(h.elbo) for h in histories)
     mapped.selection, mapped.validation_metrics, mapped.distributed_run = None, None, None
     mapped.validation_cells = np.array([], dtype=np.int64)
     mapped.mapping = {
         "reference_batches": list(reference.batch_categories),
         "new_batches": new,
         "freeze_reference": bool(freeze),
-        "epochs": len(history.elbo),
+        "epochs": len(history.elbo),  # of each member
         "n_cells": int(len(cells)),
     }
     return mapped

@@ -189,6 +189,7 @@ def write_outputs(
         "validation": model.validation_metrics,
         "temperature": model.temperature,
         "selection": selection_summary(model),
+        "ensemble": model.ensemble_summary,  # None for a single model
         "threads": history.threads_summary or None,  # torch threads of training
         "annotated": annotated_summary(adata, model.setup, cells),
     }
@@ -280,11 +281,18 @@ def print_summary(model: PyroSCVAE, metrics: dict, adata: ad.AnnData, out: Path)
         f"({metrics['cells_per_second']:.0f} cells/s{threads_note(metrics['threads'])})",
         f"final ELBO per cell: {metrics['final_elbo_per_cell']:.1f}",
     ]
+    ensemble = metrics.get("ensemble")
+    if ensemble:
+        lines.append(f"a seed ensemble of {ensemble['members']} models (seeds {ensemble['seeds']})")
     validation = metrics["validation"]
     if validation:
+        members = ""
+        if ensemble and "member_macro_f1" in ensemble:
+            singles = ", ".join(f"{f:.3f}" for f in ensemble["member_macro_f1"])
+            members = f" (each member alone: {singles})"
         lines.append(
             f"held-out labelled cells (n={validation['n_cells']}): accuracy "
-            f"{validation['accuracy']:.3f}, macro-F1 {validation['macro_f1']:.3f}"
+            f"{validation['accuracy']:.3f}, macro-F1 {validation['macro_f1']:.3f}{members}"
         )
     annotated = metrics["annotated"]["unlabelled_cells"]
     if annotated:

@@ -3,7 +3,7 @@
 A saved model is a folder of two files: ``weights.safetensors`` (the module's tensors;
 the format holds data only, so loading runs no code, unlike a pickle) and
 ``config.json`` (the architecture, classes, genes, batches, set-up, training settings
-and history).
+and history). A seed ensemble adds ``member_1.safetensors`` … for its other members.
 """
 
 from __future__ import annotations
@@ -34,6 +34,18 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
+def member_file(member: int) -> str:
+    """The weights file of ensemble member ``member`` (0 is :data:`WEIGHTS_FILE`)."""
+    return WEIGHTS_FILE if member == 0 else f"member_{member}.safetensors"
+
+
+def tensors(module: torch.nn.Module) -> bytes:
+    """A module's state as safetensors bytes."""
+    return save_safetensors(
+        {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    )
+
+
 def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False) -> None:
     """Write ``model``'s weights and config into ``directory``, all at once.
 
@@ -50,7 +62,7 @@ def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False)
     directory = Path(directory)
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise InputError(f"{directory} exists and is not empty; pass overwrite=True")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
+    members = [model.module, *model.extra_members]
     config = {
         "pyro_scvae_version": __version__,  # of the package that saved it
         "model": model.config.to_dict(),
@@ -60,6 +72,10 @@ def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False)
         "setup": model.setup,
         "seed": model.seed,
         "calibration": {"temperature": model.temperature},
+        "ensemble": {
+            "members": len(members),
+            "summary": model.ensemble_summary,
+        },
         "novelty": None if model.novelty is None else model.novelty.to_dict(),
         "mapping": getattr(model, "mapping", None),  # set by PyroSCVAE.map_query
         "selection": selection_summary(model),
@@ -67,7 +83,8 @@ def save_model(model: PyroSCVAE, directory: str | Path, overwrite: bool = False)
         "history": None if model.history is None else asdict(model.history),
     }
     with atomic_output_dir(directory, "save", option="model folder") as staging:
-        write_atomically(staging / WEIGHTS_FILE, save_safetensors(state))
+        for index, module in enumerate(members):
+            write_atomically(staging / member_file(index), tensors(module))
         write_atomically(staging / CONFIG_FILE, json.dumps(config, indent=1).encode())
 
 
@@ -118,15 +135,19 @@ def load_model(cls: type[PyroSCVAE], directory: str | Path, device: str = "auto"
     model.history = _settings(History, config, "history", directory / CONFIG_FILE)
     model.adata = None
     n_library = max(1, model.config.n_batches)
-    model.module = HierarchicalVAE(
-        model.config,
-        torch.zeros(n_library),
-        torch.ones(n_library),
-        torch.ones(len(model.classes)),
-    )
-    state = read_weights(directory / WEIGHTS_FILE, model.module.state_dict())
-    model.module.load_state_dict(state)
-    model.module.to(resolve_device(device)).eval()
+    ensemble = config.get("ensemble") or {}  # absent in models saved before ensembles
+    members = []
+    for index in range(ensemble.get("members", 1)):
+        module = HierarchicalVAE(
+            model.config,
+            torch.zeros(n_library),
+            torch.ones(n_library),
+            torch.ones(len(model.classes)),
+        )
+        module.load_state_dict(read_weights(directory / member_file(index), module.state_dict()))
+        members.append(module.to(resolve_device(device)).eval())
+    model.module, model.extra_members = members[0], members[1:]
+    model.ensemble_summary = ensemble.get("summary")
     model.validation_cells = np.array([], dtype=np.int64)
     model.validation_metrics = None
     model.selection = None
@@ -142,12 +163,14 @@ OPTIONAL_KEYS = {
     "mapping",
     "pyro_scvae_version",
     "calibration",
+    "ensemble",
     "selection",
     "training",
     "history",
     "class_prior",
     "balance_classes",
 }
+MAX_MEMBERS = 100  # of a seed ensemble: a bound on the files a config may ask to read
 SETUP_KEYS = {"labels_key", "unlabeled_category", "batch_key", "layer"}
 
 
@@ -180,6 +203,10 @@ def read_config(path: Path) -> dict:
         or temperature <= 0
     ):
         raise InputError(f"{path}: the calibration temperature must be a positive number")
+    ensemble = config.get("ensemble") or {}
+    members = ensemble.get("members", 1) if isinstance(ensemble, dict) else None
+    if not _is_int(members) or not 1 <= members <= MAX_MEMBERS:
+        raise InputError(f"{path}: 'ensemble' must give its number of members (1 to {MAX_MEMBERS})")
     return config
 
 
