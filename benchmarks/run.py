@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import machine_info, package_versions, run_isolated, run_one
-from benchmarks.methods import ACCELERATOR_ENV, METHODS, NEURAL_METHODS
+from benchmarks.methods import ACCELERATOR_ENV, METHODS, NEURAL_METHODS, OPTION_METHODS
 from benchmarks.report import HEADERS, markdown_table, summary_rows, write_results
 from benchmarks.tasks import TASKS, TASKS_NEEDING_DATA, data_available
 from benchmarks.throughput import measure_throughput
@@ -56,7 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="T1a + T4, 20 epochs, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick 0)")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="default: all")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        help="default: all but those of an option (pyro_scvae_cli_ensemble3)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results")
     parser.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
     parser.add_argument("--max-cells", type=int, help="subsample every task to this many cells")
@@ -100,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
     args.tasks = args.tasks or list(QUICK_TASKS if quick else TASKS)
-    args.methods = args.methods or list(METHODS)
+    args.methods = args.methods or [m for m in METHODS if m not in OPTION_METHODS]
     args.epochs = args.epochs or (QUICK_EPOCHS if quick else None)
     args.throughput_batch_sizes = args.throughput_batch_sizes or ([128] if quick else [128, 1024])
     args.throughput_reps = args.throughput_reps or (2 if quick else 3)

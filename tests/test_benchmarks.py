@@ -261,3 +261,12 @@ def test_prior_density_of_novelty_study_matches_plain_monte_carlo():
         naive = torch.logsumexp(log_p, 0) - np.log(len(z2))  # log p(z₁ | y), [K, cells]
         naive = torch.logsumexp(naive + np.log(1 / 3), 0).numpy()
     np.testing.assert_allclose(estimate, naive, atol=0.05)
+
+
+def test_cli_study_reads_epochs_as_a_share_of_the_default():
+    from benchmarks.cli_study import epochs_option
+    from pyro_scvae.config import default_epochs
+
+    assert epochs_option("EPOCHS/3", 743) == str(round(default_epochs(743) / 3))
+    assert epochs_option("EPOCHS/1000", 100) == "1"  # never 0 epochs
+    assert epochs_option("--ensemble", 743) == "--ensemble"
