@@ -24,8 +24,8 @@ METHOD_NOTES = {
     "cells.h5ad --labels-key ... [--batch-key batch] --seed S`, 2,000 highly variable genes) "
     "in a fresh process, so its time includes starting Python, imports, the UMAP plot and "
     "writing every output; query cells unlabelled",
-    "pyro_scvae_cli_ensemble3": "the command line as above with `--ensemble 3`: a seed "
-    "ensemble of three members (seeds S, S + 1, S + 2), about three times the training",
+    "pyro_scvae_cli_ensemble3": "the command line at its defaults plus `--ensemble 3`: a "
+    "seed ensemble of three members (seeds S, S + 1, S + 2), about three times the training",
     "pyro_scvae": "the Python API at its defaults (`PyroSCVAE(adata)`, `fit()`, all genes); "
     "query cells unlabelled (NaN label); `batch` as batch key where the task has one",
     "scanvi_recipe": "scvi-tools recipe: `SCVI` (default architecture, scvi's epoch heuristic "
