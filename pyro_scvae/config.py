@@ -185,6 +185,8 @@ class TrainingConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+#: The most members of a seed ensemble that the command line fits and a saved model may hold.
+MAX_ENSEMBLE = 100
 REFIT_MODES = ("full", "continue", "none")
 
 

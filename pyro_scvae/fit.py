@@ -13,7 +13,14 @@ import argparse
 from pathlib import Path
 
 from pyro_scvae import cli
-from pyro_scvae.config import LR_SCHEDULES, REFIT_MODES, ModelConfig, TrainingConfig, defaults
+from pyro_scvae.config import (
+    LR_SCHEDULES,
+    MAX_ENSEMBLE,
+    REFIT_MODES,
+    ModelConfig,
+    TrainingConfig,
+    defaults,
+)
 from pyro_scvae.threads import threads_argument
 
 DEFAULT_LABELS_KEY = "bulk_labels"  # the labels of the embedded pbmc68k_reduced data
@@ -145,7 +152,7 @@ def build_parser() -> cli.ArgumentParser:
     )
     training.add_argument(
         "--ensemble",
-        type=cli.integer(1, 100, "positive_int"),
+        type=cli.integer(1, MAX_ENSEMBLE, "positive_int"),
         default=training_defaults["ensemble"],
         metavar="N",
         help="fit N models from seeds --seed, --seed + 1 … and annotate with the mean of "

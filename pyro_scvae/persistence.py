@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
 from pyro_scvae import __version__
-from pyro_scvae.config import ModelConfig, TrainingConfig
+from pyro_scvae.config import MAX_ENSEMBLE, ModelConfig, TrainingConfig
 from pyro_scvae.errors import InputError
 from pyro_scvae.folders import atomic_output_dir, write_atomically
 from pyro_scvae.model import HierarchicalVAE
@@ -170,7 +170,6 @@ OPTIONAL_KEYS = {
     "class_prior",
     "balance_classes",
 }
-MAX_MEMBERS = 100  # of a seed ensemble: a bound on the files a config may ask to read
 SETUP_KEYS = {"labels_key", "unlabeled_category", "batch_key", "layer"}
 
 
@@ -205,8 +204,10 @@ def read_config(path: Path) -> dict:
         raise InputError(f"{path}: the calibration temperature must be a positive number")
     ensemble = config.get("ensemble") or {}
     members = ensemble.get("members", 1) if isinstance(ensemble, dict) else None
-    if not _is_int(members) or not 1 <= members <= MAX_MEMBERS:
-        raise InputError(f"{path}: 'ensemble' must give its number of members (1 to {MAX_MEMBERS})")
+    if not _is_int(members) or not 1 <= members <= MAX_ENSEMBLE:
+        raise InputError(
+            f"{path}: 'ensemble' must give its number of members (1 to {MAX_ENSEMBLE})"
+        )
     return config
 
 
