@@ -14,12 +14,14 @@ where
 - the cores this process may use are those of its CPU affinity
   (``os.sched_getaffinity``), fewer where a cgroup CPU quota or ``OMP_NUM_THREADS`` says
   so;
-- the cores other processes keep busy are the larger of two estimates: the busy time of
-  those cores in the last :data:`SAMPLE_SECONDS` seconds (``/proc/stat``) minus this
-  process's own CPU time, and the one-minute load average minus this process's own share
-  of it (scaled to the cores this process may use); a core counts as free when less than
-  :data:`BUSY_MARGIN` of it is taken (wrongly sharing a core costs far more than a thread
-  gains);
+- the cores other processes keep busy are the busy time of those cores in the last
+  :data:`SAMPLE_SECONDS` seconds (``/proc/stat``) minus this process's own CPU time; where
+  ``/proc/stat`` cannot be read (not Linux), the one-minute load average minus this
+  process's own share of it. The load average is not used where the sample exists: it
+  lags by a minute, so a job that has just ended still looks busy (on an idle machine a
+  fit started after another chose 1 thread where 2 were 1.3 times faster,
+  ``benchmarks/threads.md``). A core counts as free when less than :data:`BUSY_MARGIN` of
+  it is taken (wrongly sharing a core costs far more than a thread gains);
 - the work of one step is ``batch_size × n_genes`` (the size of the decoder's output and
   of the ZINB's arrays, the largest tensors of a step); a thread needs
   :data:`ELEMENTS_PER_THREAD` of them to pay for itself (``benchmarks/threads.md``).
@@ -50,7 +52,7 @@ SAMPLE_SECONDS = 0.2
 #: A core with less than this fraction taken by other processes counts as free.
 BUSY_MARGIN = 0.25
 #: ``batch_size × n_genes`` elements of work that make one more thread worth it.
-ELEMENTS_PER_THREAD = 200_000
+ELEMENTS_PER_THREAD = 50_000
 #: Seconds between two looks at the machine during training.
 RECHECK_SECONDS = 5.0
 #: Time constant of the kernel's one-minute load average, seconds.
@@ -161,11 +163,13 @@ def snapshot() -> tuple[float, float, float]:
     return time.monotonic(), -1.0 if busy is None else busy, own_cpu_seconds()
 
 
-def sampled_elsewhere(start: tuple[float, float, float], end: tuple[float, float, float]) -> float:
-    """Cores kept busy by other processes between two :func:`snapshot` s (0 when unknown)."""
+def sampled_elsewhere(
+    start: tuple[float, float, float], end: tuple[float, float, float]
+) -> float | None:
+    """Cores kept busy by other processes between two :func:`snapshot` s (None: unknown)."""
     (start_wall, start_busy, start_own), (end_wall, end_busy, end_own) = start, end
     if start_busy < 0 or end_busy < 0 or end_wall <= start_wall:
-        return 0.0
+        return None
     return max(((end_busy - start_busy) - (end_own - start_own)) / (end_wall - start_wall), 0.0)
 
 
@@ -234,9 +238,9 @@ def choose_threads(work: int, cores: int, busy: float) -> int:
 class Machine:
     """What the machine is doing besides this process, looked at now and then.
 
-    :meth:`busy_elsewhere` is the larger of the CPU time other processes took on this
-    process's cores since the last look (``/proc/stat``) and the one-minute load average
-    less this process's own share, which is tracked as the kernel damps it.
+    :meth:`busy_elsewhere` is the CPU time other processes took on this process's cores
+    since the last look (``/proc/stat``); where that cannot be read, the one-minute load
+    average less this process's own share, which is tracked as the kernel damps it.
     """
 
     def __init__(self, sample_seconds: float = SAMPLE_SECONDS) -> None:
@@ -256,7 +260,7 @@ class Machine:
             self.own_load = self.own_load * decay + rate * (1.0 - decay)
         sampled = sampled_elsewhere(self.last, now)
         self.last = now
-        return max(sampled, load_elsewhere(self.own_load, self.cores))
+        return sampled if sampled is not None else load_elsewhere(self.own_load, self.cores)
 
 
 class ThreadPolicy:

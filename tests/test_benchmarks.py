@@ -270,3 +270,37 @@ def test_cli_study_reads_epochs_as_a_share_of_the_default():
     assert epochs_option("EPOCHS/3", 743) == str(round(default_epochs(743) / 3))
     assert epochs_option("EPOCHS/1000", 100) == "1"  # never 0 epochs
     assert epochs_option("--ensemble", 743) == "--ensemble"
+
+
+def test_thread_reports_compare_auto_with_the_best_and_count_paired_wins():
+    """threads.py: auto against the best median; threads_work.py: 1/2 ratio and pairs won."""
+    from benchmarks import threads, threads_work
+
+    def fit(condition, variant, seconds, used):
+        return {
+            "status": "ok",
+            "task": "T4",
+            "condition": condition,
+            "variant": variant,
+            "median_epoch_seconds": seconds,
+            "threads": {"used": used},
+            "load_before": 0.5,
+            "load_after": 1.5,
+        }
+
+    records = [fit("alone", "1", 0.2, [1]), fit("alone", "2", 0.1, [2])]
+    records += [fit("alone", "auto", 0.15, [2]), fit("alone", "auto", 0.11, [2, 1])]
+    (row,) = threads.summarise(records)
+    assert row["seconds_per_epoch"] == {"1": 0.2, "2": 0.1, "auto": pytest.approx(0.13)}
+    assert row["auto_over_best"] == pytest.approx(1.3)
+    assert row["auto_threads"] == [1, 2]
+    assert (row["load_min"], row["load_max"]) == (0.5, 1.5)
+
+    pairs = [(0.4, 0.3), (0.2, 0.25), (0.5, 0.1)]  # (1 thread, 2 threads) side by side
+    work = [
+        {"task": "T4", "bs": 64, "t": t, "s": s, "genes": 765}
+        for one, two in pairs
+        for t, s in (("1", one), ("2", two))
+    ]
+    header, rule, line = threads_work.table(work)
+    assert line == "| T4 | 64 × 765 = 48,960 | 0.400 | 0.250 | 1.60× | 2 of 3 |"

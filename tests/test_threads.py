@@ -73,8 +73,8 @@ def test_usable_cores_are_the_affinity_capped_by_quota_and_omp(monkeypatch, tmp_
     assert threads.cgroup_cpu_quota(tmp_path) == 4.0
 
 
-def test_busy_elsewhere_is_the_larger_of_sample_and_load_average(monkeypatch):
-    """Others' CPU = busy time of our cores minus our own; or the load average minus ours."""
+def test_busy_elsewhere_is_the_sample_or_else_the_load_average(monkeypatch):
+    """Others' CPU = busy time of our cores minus our own; the load average only without it."""
     clock = {"wall": 100.0, "busy": 50.0, "own": 10.0}
     monkeypatch.setattr(threads, "snapshot", lambda: (clock["wall"], clock["busy"], clock["own"]))
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
@@ -86,11 +86,16 @@ def test_busy_elsewhere_is_the_larger_of_sample_and_load_average(monkeypatch):
     # 10 s in which the cores were busy 18 s, 10 s of them ours: others used 0.8 cores
     clock.update(wall=110.0, busy=68.0, own=20.0)
     assert machine.busy_elsewhere() == pytest.approx(0.8)
-    # next 10 s: cores busy only with our work, but the load average says 1.9 runnable,
-    # of which our own share (tracked as the kernel damps it) is about 0.3
+    # next 10 s: cores busy only with our work; the load average still says 1.9 (a job
+    # that ended a moment ago), but the sample is what counts: nobody else is there
     clock.update(wall=120.0, busy=78.0, own=30.0)
     load["one_minute"] = 1.9
-    own = (1 - np.exp(-10 / 60)) + 1 * (1 - np.exp(-10 / 60)) * np.exp(-10 / 60)
+    assert machine.busy_elsewhere() == pytest.approx(0.0)
+    # without /proc/stat: the load average less our own share (tracked as the kernel
+    # damps it: 1 core for 10 s twice, then 10 s more)
+    clock.update(wall=130.0, busy=-1.0, own=40.0)
+    decay = np.exp(-10 / 60)
+    own = ((1 - decay) * decay + (1 - decay)) * decay + (1 - decay)
     assert machine.busy_elsewhere() == pytest.approx(1.9 - own)
 
 
