@@ -304,3 +304,19 @@ def test_thread_reports_compare_auto_with_the_best_and_count_paired_wins():
     ]
     header, rule, line = threads_work.table(work)
     assert line == "| T4 | 64 × 765 = 48,960 | 0.400 | 0.250 | 1.60× | 2 of 3 |"
+
+
+def test_classifier_phase_trains_the_classifier_alone(simulated):
+    """The study's phase changes the classifier's weights and no other (the encoder frozen)."""
+    from benchmarks.classifier_phase import classifier_phase, labelled_arrays
+    from pyro_scvae import PyroSCVAE
+
+    PyroSCVAE.setup_anndata(simulated, labels_key="label", batch_key="batch")
+    model = PyroSCVAE(simulated, n_latent=4, seed=0).fit(epochs=2, progress=False, threads=1)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    loc, scale, labels, cells = labelled_arrays(model)
+    assert loc.shape == scale.shape == (len(cells), 4) and (labels >= 0).all()
+    classifier_phase(model, epochs=3, lr=1e-2, batch_size=64, seed=0)
+    after = model.module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("classifier.") for k in changed)
