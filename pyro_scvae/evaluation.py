@@ -329,33 +329,13 @@ def plot_umap(
     return _finish(fig, path)
 
 
-def latent_neighbours(latent: np.ndarray, n_neighbors: int, seed: int = 0):
-    """An AnnData holding scanpy's neighbours graph of ``latent [cells, d]`` (exact kNN).
-
-    Exact neighbours (scikit-learn) for every size: from 4,096 cells scanpy 1.11 would
-    take pynndescent, whose graph (a csr_array) it then cannot read with scipy 1.17
-    (AttributeError: no getnnz) once the search is approximate, at about 8,000 cells.
-    """
-    import anndata as ad
-    import scanpy as sc
-
-    holder = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(latent)).astype(str)))
-    holder.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
-    sc.pp.neighbors(
-        holder,
-        use_rep="X_latent",
-        n_neighbors=min(n_neighbors, len(latent) - 1),
-        random_state=seed,
-        transformer="sklearn",
-    )
-    return holder
-
-
 def umap_coordinates(latent: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D UMAP of a latent representation, with scanpy's neighbours graph."""
+    """2-D UMAP (scanpy's) of a latent, on :func:`~pyro_scvae.neighbours.latent_neighbours`."""
     import scanpy as sc
 
-    holder = latent_neighbours(latent, n_neighbors=15)
+    from pyro_scvae.neighbours import latent_neighbours
+
+    holder = latent_neighbours(latent, n_neighbors=15, seed=seed)
     sc.tl.umap(holder, random_state=seed)
     return holder.obsm["X_umap"]
 

@@ -39,7 +39,7 @@ def over_cluster(
     """Leiden clusters (strings ``"0"``, ``"1"``, …) of a kNN graph of ``latent [cells, d]``."""
     import scanpy as sc
 
-    from pyro_scvae.evaluation import latent_neighbours
+    from pyro_scvae.neighbours import latent_neighbours
 
     resolution = over_clustering_resolution(len(latent)) if resolution is None else resolution
     adata = latent_neighbours(latent, n_neighbors, seed=seed)
