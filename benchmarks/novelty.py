@@ -190,7 +190,7 @@ def leave_one_out(
     }
     if save is not None:  # for looking at other scores and thresholds afterwards
         np.savez_compressed(
-            save / f"{task}_{held_out}_{setting}.npz",
+            save / f"{task}_{held_out}_{setting}_seed{seed}.npz",
             latent=latent,
             novel=novel,
             probabilities=probabilities,
