@@ -27,34 +27,14 @@ from sklearn.metrics import roc_auc_score
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyro_scvae.novelty import FOLDS, class_statistics  # noqa: E402
+from pyro_scvae.novelty import (  # noqa: E402
+    class_statistics,
+    nearest_centre,
+    out_of_fold_nearest,
+)
 
 #: Fewest reference cells nearest a type for it to get a threshold of its own.
 MIN_CELLS = 20
-
-
-def nearest(latent: np.ndarray, means: np.ndarray, precision: np.ndarray):
-    """Distance to the nearest centre and that centre's type, ``[cells]`` each."""
-    root = np.linalg.cholesky(precision)
-    present = np.flatnonzero(~np.isnan(means).any(1))
-    z, m = latent @ root, means[present] @ root
-    squared = (z**2).sum(1)[:, None] - 2 * z @ m.T + (m**2).sum(1)[None, :]
-    best = squared.argmin(1)
-    return np.sqrt(np.clip(squared[np.arange(len(z)), best], 0, None)), present[best]
-
-
-def out_of_fold(latent: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0):
-    """Out-of-fold distances and nearest types of the reference cells (as the package's)."""
-    from sklearn.model_selection import KFold
-
-    everyone, _ = class_statistics(latent, labels, n_classes)
-    distance, kind = np.empty(len(labels)), np.empty(len(labels), int)
-    folds = KFold(n_splits=min(FOLDS, len(labels)), shuffle=True, random_state=seed)
-    for fit_on, apply_to in folds.split(latent):
-        means, precision = class_statistics(latent[fit_on], labels[fit_on], n_classes)
-        means = np.where(np.isnan(means), everyone, means)
-        distance[apply_to], kind[apply_to] = nearest(latent[apply_to], means, precision)
-    return distance, kind
 
 
 def evaluate(path: Path, quantiles: list[float]) -> list[dict]:
@@ -62,8 +42,8 @@ def evaluate(path: Path, quantiles: list[float]) -> list[dict]:
     reference, labels = run["reference_latent"], run["reference_labels"]
     n_classes = int(labels.max()) + 1
     means, precision = class_statistics(reference, labels, n_classes)
-    score, kind = nearest(run["latent"], means, precision)
-    oof, oof_kind = out_of_fold(reference, labels, n_classes)
+    score, kind = nearest_centre(run["latent"], means, precision)
+    oof, oof_kind = out_of_fold_nearest(reference, labels, n_classes)
     novel = run["novel"].astype(bool)
     rows = []
     for q in quantiles:

@@ -111,12 +111,21 @@ def class_statistics(
 
 def nearest_distance(latent: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """min over classes of the Mahalanobis distance under ``precision``, ``[cells]``."""
-    centres = means[~np.isnan(means).any(1)]  # [K', d]
+    return nearest_centre(latent, means, precision)[0]
+
+
+def nearest_centre(
+    latent: np.ndarray, means: np.ndarray, precision: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Mahalanobis distance to the nearest class centre and that class, ``[cells]`` each."""
+    present = np.flatnonzero(~np.isnan(means).any(1))  # [K'], classes with a centre
     # Whitened coordinates: with precision = L Lᵀ, (z − m)ᵀ P (z − m) = ‖Lᵀ(z − m)‖².
     root = np.linalg.cholesky(precision)  # [d, d]
-    z, m = latent @ root, centres @ root  # [cells, d], [K', d]
+    z, m = latent @ root, means[present] @ root  # [cells, d], [K', d]
     squared = (z**2).sum(1)[:, None] - 2 * z @ m.T + (m**2).sum(1)[None, :]  # [cells, K']
-    return np.sqrt(np.clip(squared.min(1), 0.0, None))
+    best = squared.argmin(1)  # [cells]
+    distance = np.sqrt(np.clip(squared[np.arange(len(z)), best], 0.0, None))
+    return distance, present[best]
 
 
 def out_of_fold_scores(
@@ -126,14 +135,21 @@ def out_of_fold_scores(
 
     A class absent from the other folds keeps its centre from all cells.
     """
+    return out_of_fold_nearest(latent, labels, n_classes, seed)[0]
+
+
+def out_of_fold_nearest(
+    latent: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`out_of_fold_scores` and the class of each cell's nearest centre, ``[cells]`` each."""
     everyone, _ = class_statistics(latent, labels, n_classes)
-    scores = np.empty(len(labels))
+    scores, nearest = np.empty(len(labels)), np.empty(len(labels), dtype=int)
     folds = KFold(n_splits=min(FOLDS, len(labels)), shuffle=True, random_state=seed)
     for fit_on, apply_to in folds.split(latent):
         means, precision = class_statistics(latent[fit_on], labels[fit_on], n_classes)
         means = np.where(np.isnan(means), everyone, means)
-        scores[apply_to] = nearest_distance(latent[apply_to], means, precision)
-    return scores
+        scores[apply_to], nearest[apply_to] = nearest_centre(latent[apply_to], means, precision)
+    return scores, nearest
 
 
 def fit_novelty(

@@ -320,19 +320,3 @@ def test_classifier_phase_trains_the_classifier_alone(simulated):
     after = model.module.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("classifier.") for k in changed)
-
-
-def test_novelty_threshold_study_scores_as_the_package_does():
-    """The study's distances (and out-of-fold ones) are pyro_scvae.novelty's, plus the type."""
-    from benchmarks.novelty_thresholds import nearest, out_of_fold
-    from pyro_scvae.novelty import class_statistics, nearest_distance, out_of_fold_scores
-
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 120)
-    latent = rng.normal(size=(120, 4)) + 4.0 * labels[:, None]
-    means, precision = class_statistics(latent, labels, 3)
-    distance, kind = nearest(latent, means, precision)
-    assert distance == pytest.approx(nearest_distance(latent, means, precision))
-    assert (kind == labels).mean() > 0.95  # well separated types: the nearest is one's own
-    oof, _ = out_of_fold(latent, labels, 3)
-    assert oof == pytest.approx(out_of_fold_scores(latent, labels, 3))

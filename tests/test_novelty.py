@@ -14,7 +14,9 @@ from pyro_scvae.novelty import (
     NoveltyReference,
     class_statistics,
     fit_novelty,
+    nearest_centre,
     nearest_distance,
+    out_of_fold_nearest,
     out_of_fold_scores,
 )
 from pyro_scvae.simulate import simulate_counts
@@ -103,3 +105,26 @@ def test_a_model_without_a_novelty_reference_says_so(withheld):
             model.predict(query, novelty=True)
     finally:
         model.novelty = saved
+
+
+def test_nearest_centre_and_out_of_fold_nearest_name_the_class_behind_the_distance():
+    """The distance is nearest_distance's (and out_of_fold_scores'); the class is the argmin."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 120)
+    latent = rng.normal(size=(120, 4)) + 4.0 * labels[:, None]
+    means, precision = class_statistics(latent, labels, 3)
+    means_without_1 = means.copy()
+    means_without_1[1] = np.nan  # a class without a centre is never the nearest
+    for centres in (means, means_without_1):
+        distance, nearest = nearest_centre(latent, centres, precision)
+        assert distance == pytest.approx(nearest_distance(latent, centres, precision))
+        whitened = np.linalg.cholesky(precision)
+        for k in (0, 2):
+            own = nearest == k
+            gap = (latent[own] - centres[k]) @ whitened
+            assert distance[own] == pytest.approx(np.linalg.norm(gap, axis=1))
+    assert (nearest_centre(latent, means, precision)[1] == labels).mean() > 0.95
+    assert 1 not in nearest_centre(latent, means_without_1, precision)[1]
+    scores, nearest = out_of_fold_nearest(latent, labels, 3)
+    assert scores == pytest.approx(out_of_fold_scores(latent, labels, 3))
+    assert (nearest == labels).mean() > 0.95
