@@ -2,8 +2,9 @@
 
 On a machine shared with other work, torch's default (one thread per core) can be many
 times slower than one thread: its threads wait for each other at every operation, and a
-thread whose core is taken by another process holds all the others up (6 to 20 times
-slower on a 2-core machine with other jobs running, ``benchmarks/threads.md``). With the
+thread whose core is taken by another process holds all the others up (on 2 cores,
+2.3–3.2 times slower beside one busy process, 7–15 times at a load of 12–16,
+``benchmarks/speed.md``). With the
 cores to itself and large enough minibatches, two threads are faster than one. So
 ``threads="auto"`` (the default of ``fit`` and of prediction, ``--threads auto``) uses
 
@@ -18,13 +19,13 @@ where
   :data:`SAMPLE_SECONDS` seconds (``/proc/stat``) minus this process's own CPU time; where
   ``/proc/stat`` cannot be read (not Linux), the one-minute load average minus this
   process's own share of it. The load average is not used where the sample exists: it
-  lags by a minute, so a job that has just ended still looks busy (on an idle machine a
-  fit started after another chose 1 thread where 2 were 1.3 times faster,
-  ``benchmarks/threads.md``). A core counts as free when less than :data:`BUSY_MARGIN` of
-  it is taken (wrongly sharing a core costs far more than a thread gains);
+  lags by a minute, so a job that has just ended still looks busy for a minute after. A
+  core counts as free when less than :data:`BUSY_MARGIN` of it is taken (wrongly sharing a
+  core costs far more than a thread gains: two threads beside one busy process were 2.3–3.2
+  times slower than one, ``benchmarks/threads.md``);
 - the work of one step is ``batch_size × n_genes`` (the size of the decoder's output and
   of the ZINB's arrays, the largest tensors of a step); a thread needs
-  :data:`ELEMENTS_PER_THREAD` of them to pay for itself (``benchmarks/threads.md``).
+  :data:`ELEMENTS_PER_THREAD` of them to pay for itself (``benchmarks/threads_work.md``).
 
 During training the choice is revisited every :data:`RECHECK_SECONDS` seconds, at the
 end of an epoch, from the CPU time used since the last look, so that a competitor that
