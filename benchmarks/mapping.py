@@ -7,14 +7,13 @@ For each T1 fold (the query chemistry):
     ``encode_batch=False``): the setting to match.
 ``reference``
     ``fit`` on the two reference chemistries alone (default settings), then ``predict``
-    on the query: its unseen chemistry gets the average batch input. With
-    ``encode_batch=False`` the encoder ignores the batch, so fine-tuning would not move
-    the query's z₁ or calls; it is not repeated.
-``reference_encoded``
-    the same reference with ``encode_batch=True`` (the encoder sees the chemistry),
-    without fine-tuning (average batch input),
+    on the query: its unseen chemistry gets the average batch input.
 ``fine_tuned``
-    and mapped with ``map_query`` (reference frozen, default epochs).
+    that reference mapped with ``map_query`` (reference frozen, default epochs): the new
+    chemistry's columns of the decoder and of the encoders (which the mapped model adds,
+    zero for the reference chemistries) learn on the query's ELBO,
+``fine_tuned_unfrozen``
+    and with ``freeze_reference=False`` (every weight learns on the query alone).
 
 Reported: macro-F1 of the query's calls, and batch mixing of the joint latent of the
 reference and query cells: for each cell, the entropy of the chemistries among its 30
@@ -25,7 +24,7 @@ and these few lines are its definition.
 
 Usage::
 
-    python benchmarks/mapping.py --folds T1a --seed 0 --out benchmarks/mapping
+    python benchmarks/mapping.py --folds T1a T1b T1c --seeds 0 --out benchmarks/mapping
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import markdown_table, save_study  # noqa: E402
+from benchmarks.report import markdown_table, mean_sd, save_study  # noqa: E402
 from benchmarks.tasks import build_task  # noqa: E402
 
 NEIGHBOURS = 30
@@ -85,6 +84,7 @@ def run_fold(fold: str, seed: int, epochs: int | None) -> list[dict]:
         rows.append(
             {
                 "fold": fold,
+                "seed": seed,
                 "setting": name,
                 "macro_f1": macro_f1(truth, calls),
                 "accuracy": float((calls == truth).mean()),
@@ -105,53 +105,97 @@ def run_fold(fold: str, seed: int, epochs: int | None) -> list[dict]:
         record("transductive", model, seconds=time.perf_counter() - start)
 
         PyroSCVAE.setup_anndata(reference, labels_key="label", batch_key="batch")
-        for name, encode in (("reference", False), ("reference_encoded", True)):
-            start = time.perf_counter()
-            model = PyroSCVAE(reference, encode_batch=encode, seed=seed).fit(**fit)
-            record(name, model, seconds=time.perf_counter() - start)
         start = time.perf_counter()
-        mapped = model.map_query(query, seed=seed, progress=False, device="cpu")
-        record("fine_tuned", model, mapped, seconds=time.perf_counter() - start)
+        model = PyroSCVAE(reference, seed=seed).fit(**fit)
+        record("reference", model, seconds=time.perf_counter() - start)
+        for name, freeze in (("fine_tuned", True), ("fine_tuned_unfrozen", False)):
+            start = time.perf_counter()
+            mapped = model.map_query(
+                query, freeze_reference=freeze, seed=seed, progress=False, device="cpu"
+            )
+            record(name, model, mapped, seconds=time.perf_counter() - start)
     return rows
 
 
+SETTINGS = ("transductive", "reference", "fine_tuned", "fine_tuned_unfrozen")
+
+
+def summarise(rows: list[dict]) -> list[list[str]]:
+    """Mean ± sd over seeds of each fold and setting, then of all folds together."""
+    body = []
+    for fold in [*sorted({r["fold"] for r in rows}), "all"]:
+        for setting in SETTINGS:
+            chosen = [r for r in rows if r["setting"] == setting and fold in (r["fold"], "all")]
+            if chosen:
+                body.append(
+                    [fold, setting, str(len(chosen))]
+                    + [mean_sd([r[key] for r in chosen]) for key in METRICS]
+                    + [f"{np.mean([r['seconds'] for r in chosen]):.0f}"]
+                )
+    return body
+
+
+def paired(rows: list[dict], setting: str, baseline: str, key: str) -> tuple[float, int, int]:
+    """Mean difference of ``key`` between two settings over (fold, seed) pairs, and how
+    many pairs are higher and lower."""
+    value = {(r["fold"], r["seed"], r["setting"]): r[key] for r in rows}
+    pairs = sorted({(r["fold"], r["seed"]) for r in rows})
+    diffs = np.array([value[(*p, setting)] - value[(*p, baseline)] for p in pairs])
+    return float(diffs.mean()), int((diffs > 0).sum()), int((diffs < 0).sum())
+
+
+METRICS = ("macro_f1", "accuracy", "batch_entropy")
+
+
 def render(rows: list[dict], command: str) -> str:
-    headers = ["fold", "setting", "macro-F1", "accuracy", "batch entropy", "train s"]
-    body = [
-        [
-            r["fold"],
-            r["setting"],
-            f"{r['macro_f1']:.3f}",
-            f"{r['accuracy']:.3f}",
-            f"{r['batch_entropy']:.3f}",
-            f"{r['seconds']:.0f}",
-        ]
-        for r in rows
+    headers = ["fold", "setting", "runs", "macro-F1", "accuracy", "batch entropy", "s"]
+    lines = [
+        "# Reference mapping on T1",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Mean ± sd over seeds; s: seconds of the fit (of the fine-tuning alone for the",
+        "fine-tuned rows).",
+        "",
+        markdown_table(headers, summarise(rows)),
+        "",
+        "Paired by fold and seed (mean difference; pairs higher / lower):",
+        "",
     ]
-    return "\n".join(
-        [
-            "# Reference mapping on T1",
-            "",
-            f"Command: `{command}`",
-            "",
-            markdown_table(headers, body),
-            "",
-        ]
-    )
+    ran = {r["setting"] for r in rows}
+    for setting, baseline in (
+        ("fine_tuned", "reference"),
+        ("fine_tuned", "transductive"),
+        ("fine_tuned_unfrozen", "reference"),
+    ):
+        if not {setting, baseline} <= ran:
+            continue
+        for key in METRICS:
+            diff, up, down = paired(rows, setting, baseline, key)
+            lines.append(f"- {setting} − {baseline}, {key}: {diff:+.3f} ({up} / {down})")
+    return "\n".join([*lines, ""])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folds", nargs="+", default=["T1a"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=None, help="default: the package's")
     parser.add_argument("--out", default="benchmarks/mapping", help="writes OUT.json, OUT.md")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="only report these runs' rows together"
+    )
     args = parser.parse_args(argv)
     command = "python benchmarks/mapping.py " + " ".join(argv or sys.argv[1:])
+    if args.merge:
+        rows = [row for path in args.merge for row in json.loads(Path(path).read_text())]
+        save_study(rows, render(rows, command), args.out)
+        return
     rows = []
-    for fold in args.folds:
-        rows += run_fold(fold, args.seed, args.epochs)
-        Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
+    for seed in args.seeds:
+        for fold in args.folds:
+            rows += run_fold(fold, seed, args.epochs)
+            Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
     save_study(rows, render(rows, command), args.out)
 
 

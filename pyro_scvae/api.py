@@ -414,10 +414,11 @@ class PyroSCVAE:
         The batch covariate gains the categories of ``adata``'s batch column (the
         model's ``batch_key``) that the model lacks; the model is then trained on the
         query's ELBO, every cell unlabelled (labels in ``adata`` are not read), with the
-        reference's weights frozen: only the new batches' weight columns learn
-        (:mod:`pyro_scvae.mapping`). This model is left unchanged. The result keeps the
-        reference's temperature and novelty reference and predicts on ``adata`` (pass
-        it: the result holds no training data).
+        reference's weights frozen: only the new batches' weight columns learn, in the
+        decoder and in the encoders, which the result gives the batch as an input if this
+        model's did not (:mod:`pyro_scvae.mapping`). This model is left unchanged. The
+        result keeps the reference's temperature and novelty reference and predicts on
+        ``adata`` (pass it: the result holds no training data).
 
         Parameters
         ----------

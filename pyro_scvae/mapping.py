@@ -11,15 +11,18 @@ query with new batch categories:
    batches, exactly what an unseen batch gets without mapping
    (:meth:`~pyro_scvae.model.HierarchicalVAE.batch_inputs`); p(l) of a new batch is
    estimated from its cells, as for the reference batches;
-2. **fine-tunes** on the query's ELBO, every cell unlabelled (y enumerated), with the
+2. gives the **encoders** the batch when the reference's did not (the default
+   ``encode_batch=False``): their first layers gain a column per batch, zero for the
+   reference batches and, at the start, for the new ones. A reference cell is encoded
+   exactly as before; a query cell's first hidden layer gains a learned offset of its
+   batch. That offset is what a batch effect on the encoder's input amounts to: a shift
+   δ of each gene's log count moves the first layer's output by the constant W δ.
+   Without it a frozen reference would map every query cell to the same z₁ and the same
+   call with or without fine-tuning;
+3. **fine-tunes** on the query's ELBO, every cell unlabelled (y enumerated), with the
    reference's weights frozen (:func:`freeze_reference`: only the new columns get a
    gradient, so Adam leaves every other weight exactly unchanged), or everything with
    ``freeze_reference=False``.
-
-With the default ``encode_batch=False`` the encoder does not see the batch, so a
-frozen reference maps every query cell to the same z₁ and the same calls with or without
-fine-tuning; the new columns then model only the new batches' expression in the decoder.
-Fine-tuning moves z₁ only for a reference trained with ``encode_batch=True``.
 """
 
 from __future__ import annotations
@@ -68,16 +71,22 @@ def batch_layers(vae: HierarchicalVAE) -> dict[str, torch.nn.Parameter]:
     """The weight matrices ``[out, inputs + n_batches]`` whose last columns meet the batch."""
     layers = {"x_decoder.hidden.0.weight": vae.x_decoder.hidden[0].weight}
     if vae.config.encode_batch:
-        layers["x_encoder.mlp.0.weight"] = vae.x_encoder.mlp[0].weight
-        if vae.config.separate_library_encoder:
-            layers["library_encoder.mlp.0.weight"] = vae.library_encoder.mlp[0].weight
+        layers.update(encoder_layers(vae))
+    return layers
+
+
+def encoder_layers(vae: HierarchicalVAE) -> dict[str, torch.nn.Parameter]:
+    """The first weight matrices of the encoders of q(z₁ | x) and q(l | x)."""
+    layers = {"x_encoder.mlp.0.weight": vae.x_encoder.mlp[0].weight}
+    if vae.config.separate_library_encoder:
+        layers["library_encoder.mlp.0.weight"] = vae.library_encoder.mlp[0].weight
     return layers
 
 
 def extend_batches(
     vae: HierarchicalVAE, library_loc: torch.Tensor, library_scale: torch.Tensor
 ) -> HierarchicalVAE:
-    """A copy of ``vae`` with ``len(library_loc)`` more batches.
+    """A copy of ``vae`` with ``len(library_loc)`` more batches, whose encoders see the batch.
 
     Parameters
     ----------
@@ -89,7 +98,10 @@ def extend_batches(
     -------
     HierarchicalVAE
         Every weight and buffer of ``vae``; each batch layer (:func:`batch_layers`) has
-        one more column per new batch, equal to the mean of the reference batches' columns.
+        one more column per new batch, equal to the mean of the reference batches'
+        columns. When ``vae``'s encoders do not see the batch, the copy's do
+        (``encode_batch=True``) through zero columns, one per batch, old and new: every
+        cell is encoded as ``vae`` encodes it until the new columns learn.
     """
     n_new, n_old = len(library_loc), vae.config.n_batches
     state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
@@ -97,9 +109,13 @@ def extend_batches(
         weight = state[name]  # [out, inputs + B]
         mean_column = weight[:, -n_old:].mean(1, keepdim=True)  # [out, 1]
         state[name] = torch.cat([weight, mean_column.expand(-1, n_new)], dim=1)
+    if not vae.config.encode_batch:
+        for name in encoder_layers(vae):
+            weight = state[name]  # [out, G]
+            state[name] = torch.cat([weight, weight.new_zeros(len(weight), n_old + n_new)], 1)
     state["library_loc"] = torch.cat([state["library_loc"], library_loc.to(torch.float32)])
     state["library_scale"] = torch.cat([state["library_scale"], library_scale.to(torch.float32)])
-    config = replace(vae.config, n_batches=n_old + n_new)
+    config = replace(vae.config, n_batches=n_old + n_new, encode_batch=True)
     n_library = n_old + n_new
     extended = HierarchicalVAE(config, torch.zeros(n_library), torch.ones(n_library))
     extended.load_state_dict(state)

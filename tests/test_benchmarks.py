@@ -320,3 +320,30 @@ def test_classifier_phase_trains_the_classifier_alone(simulated):
     after = model.module.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("classifier.") for k in changed)
+
+
+def test_mapping_report_pairs_settings_by_fold_and_seed():
+    from benchmarks.mapping import paired, render
+
+    rows = []
+    runs = (("T1a", 0, 0.80, 0.82), ("T1a", 1, 0.70, 0.69), ("T1b", 0, 0.9, 0.95))
+    for fold, seed, reference, tuned in runs:
+        for setting, value in (("reference", reference), ("fine_tuned", tuned)):
+            rows.append(
+                {
+                    "fold": fold,
+                    "seed": seed,
+                    "setting": setting,
+                    "macro_f1": value,
+                    "accuracy": value,
+                    "batch_entropy": 1 - value,
+                    "seconds": 1.0,
+                }
+            )
+    diff, up, down = paired(rows, "fine_tuned", "reference", "macro_f1")
+    assert diff == pytest.approx((0.02 - 0.01 + 0.05) / 3) and (up, down) == (2, 1)
+    report = render(rows, "cmd")
+    assert "| T1a | fine_tuned | 2 | 0.755 ± 0.092 |" in report
+    assert "| all | reference | 3 | 0.800 ± 0.100 |" in report
+    assert "- fine_tuned − reference, macro_f1: +0.020 (2 / 1)" in report
+    assert "transductive" not in report  # a setting that did not run is not paired

@@ -167,3 +167,30 @@ def test_predict_command_fine_tunes_and_writes_the_model(reference, cells, tmp_p
     assert (table["novel"] == scores["novel"]).all()
     annotated = __import__("anndata").read_h5ad(out / "annotated.h5ad")
     assert {"pyro_scvae_novelty", "pyro_scvae_novel"} <= set(annotated.obs)
+
+
+def test_default_reference_gains_encoder_columns_that_move_only_the_query(cells):
+    """encode_batch=False: the mapped encoders see the batch through new columns; a
+    reference cell keeps its latent exactly, a query cell's latent moves."""
+    adata, query = cells
+    adata = adata.copy()
+    PyroSCVAE.setup_anndata(adata, labels_key="label", batch_key="batch")
+    plain = PyroSCVAE(adata, n_latent=4, n_hidden=32, seed=0).fit(
+        epochs=3, progress=False, device="cpu"
+    )
+    assert not plain.config.encode_batch
+    before = state(plain)
+    mapped = plain.map_query(query, epochs=3, progress=False, device="cpu")
+    after = state(mapped)
+    assert mapped.config.encode_batch and set(batch_layers(mapped.module)) == BATCH_LAYERS
+    for name in ("x_encoder.mlp.0.weight", "library_encoder.mlp.0.weight"):
+        assert after[name].shape[1] == before[name].shape[1] + 3  # one column per batch
+        assert torch.equal(after[name][:, :-3], before[name]), name
+        assert torch.equal(after[name][:, -3:-1], torch.zeros(len(before[name]), 2)), name
+        assert after[name][:, -1].abs().sum() > 0, f"{name}: the query's column did not learn"
+    np.testing.assert_array_equal(
+        mapped.get_latent_representation(adata), plain.get_latent_representation(adata)
+    )
+    with pytest.warns(PyroSCVAEWarning):  # batch_2 is unseen by the reference
+        unmapped = plain.get_latent_representation(query)
+    assert not np.allclose(mapped.get_latent_representation(query), unmapped, atol=1e-3)
