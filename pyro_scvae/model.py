@@ -36,7 +36,6 @@ from torch import nn
 from torch.nn.functional import one_hot
 
 from pyro_scvae.config import ModelConfig
-from pyro_scvae.distributions import ZINB
 from pyro_scvae.networks import Classifier, GaussianNet, XDecoder
 
 
@@ -140,6 +139,10 @@ class HierarchicalVAE(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor | None = None, batch: torch.Tensor | None = None
     ) -> None:
         """p(y) p(z₂) p(z₁ | z₂, y) p(l) p(x | z₁, l), with y observed where given."""
+        # Imported here: scvi-tools' ZINB brings `import scvi` (about 7 s, mostly lightning),
+        # which annotating with a saved model, never evaluating p(x | z₁, l), can skip.
+        from pyro_scvae.distributions import ZINB
+
         pyro.module("pyro_scvae", self)
         n_cells = x.shape[0]
         d = self.config.n_latent

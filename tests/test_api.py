@@ -139,3 +139,29 @@ def test_balanced_classification_weights(simulated, power):
     np.testing.assert_allclose(unbalanced, 10.0)
     with pytest.raises(InputError, match="balance_classes"):
         PyroSCVAE(simulated, balance_classes=1.5)
+
+
+def test_annotating_with_a_saved_model_does_not_import_scvi(simulated, tmp_path):
+    """scvi-tools (and lightning, ~7 s) is imported only to evaluate the ZINB in training:
+    loading a model and annotating, with latents and novelty, skip it."""
+    import subprocess
+    import sys
+
+    adata = simulated.copy()
+    PyroSCVAE.setup_anndata(adata, labels_key="label")
+    PyroSCVAE(adata, n_latent=3, n_hidden=16).fit(epochs=1, progress=False).save(
+        tmp_path / "model"
+    )
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    script = (
+        "import sys, anndata\n"
+        "from pyro_scvae import PyroSCVAE\n"
+        f"model = PyroSCVAE.load({str(tmp_path / 'model')!r}, device='cpu')\n"
+        f"cells = anndata.read_h5ad({str(tmp_path / 'cells.h5ad')!r})\n"
+        "calls = model.predict(cells, novelty=True)\n"
+        "model.get_latent_representation(cells); model.novelty_scores(cells)\n"
+        "print(len(calls), 'scvi' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(adata.n_obs), "False", "False"]
