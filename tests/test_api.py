@@ -149,9 +149,7 @@ def test_annotating_with_a_saved_model_does_not_import_scvi(simulated, tmp_path)
 
     adata = simulated.copy()
     PyroSCVAE.setup_anndata(adata, labels_key="label")
-    PyroSCVAE(adata, n_latent=3, n_hidden=16).fit(epochs=1, progress=False).save(
-        tmp_path / "model"
-    )
+    PyroSCVAE(adata, n_latent=3, n_hidden=16).fit(epochs=1, progress=False).save(tmp_path / "model")
     adata.write_h5ad(tmp_path / "cells.h5ad")
     script = (
         "import sys, anndata\n"
