@@ -15,6 +15,11 @@ ECE of q(y | z₁) at the posterior mean of z₁
 
 with macro-F1 of the point and Monte-Carlo calls (``f1``, ``f1_mc``).
 
+``--held-out batch`` holds out, instead of the package's stratified random fraction, every
+labelled cell of the smallest reference batch (:func:`batch_held_out`): a temperature
+fitted on cells of a batch whose labels the selection fit never saw, as the query's were
+not (tuning.md, fourteenth round).
+
     OMP_NUM_THREADS=1 python benchmarks/calibration_study.py --tasks T4 T1b --seeds 0
 """
 
@@ -74,14 +79,27 @@ def ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return expected_calibration_error(probabilities.max(1), probabilities.argmax(1) == labels)
 
 
-def study(task_name: str, seed: int, refit: str) -> dict:
+def batch_held_out(labels: np.ndarray, batches: np.ndarray, n_classes: int) -> np.ndarray:
+    """The labelled cells of the smallest batch (by labelled cells), sorted positions,
+    less one cell of each class that would otherwise keep no labelled cell for training."""
+    labelled = labels >= 0
+    codes, counts = np.unique(batches[labelled], return_counts=True)
+    held = np.flatnonzero(labelled & (batches == codes[np.argmin(counts)]))
+    for code in range(n_classes):
+        members = np.flatnonzero(labels == code)
+        if len(members) and np.isin(members, held).all():
+            held = held[held != members[0]]
+    return held.astype(np.int64)
+
+
+def study(task_name: str, seed: int, refit: str, held_out: str = "random") -> dict:
     task = build_task(task_name, seed)
     data = with_training_labels(task.adata, np.nan)
     _, query = _split(data)
     setup_pyro_scvae(data)
     model = PyroSCVAE(data)
     found = {}
-    metrics = fitting.classification_metrics
+    metrics, split = fitting.classification_metrics, fitting.validation_split
 
     def at_selection(*args, **kwargs):  # called once, on the selection fit's model
         held = model.validation_cells
@@ -91,11 +109,16 @@ def study(task_name: str, seed: int, refit: str) -> dict:
         found["T_mc"] = fit_mc_temperature(draws, model.data.labels[held])
         return metrics(*args, **kwargs)
 
+    def by_batch(labels, n_classes, fraction, seed):
+        return batch_held_out(labels, model.data.batches, n_classes)
+
     fitting.classification_metrics = at_selection
+    if held_out == "batch":
+        fitting.validation_split = by_batch
     try:
         model.fit(seed=seed, progress=False, refit=refit)
     finally:
-        fitting.classification_metrics = metrics
+        fitting.classification_metrics, fitting.validation_split = metrics, split
     classes = list(model.classes)
     truth = data.obs["label"].astype(str).to_numpy()[query]
     known = np.isin(truth, classes)
@@ -112,6 +135,8 @@ def study(task_name: str, seed: int, refit: str) -> dict:
         "task": task_name,
         "seed": seed,
         "refit": refit,
+        "held_out": held_out,
+        "n_held_out": int(len(model.validation_cells)),
         "n_query": int(len(labels)),
         "T": model.temperature,
         "oracle_T": oracle,
@@ -131,13 +156,17 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--refit", nargs="+", default=["continue"])
+    parser.add_argument("--held-out", nargs="+", default=["random"], choices=["random", "batch"])
     args = parser.parse_args()
     for task_name in args.tasks:
         for seed in args.seeds:
             for refit in args.refit:
-                row = study(task_name, seed, refit)
-                rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-                print(json.dumps(rounded), flush=True)
+                for held_out in args.held_out:
+                    row = study(task_name, seed, refit, held_out)
+                    rounded = {
+                        k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
+                    }
+                    print(json.dumps(rounded), flush=True)
 
 
 if __name__ == "__main__":

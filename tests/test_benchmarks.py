@@ -347,3 +347,13 @@ def test_mapping_report_pairs_settings_by_fold_and_seed():
     assert "| all | reference | 3 | 0.800 ± 0.100 |" in report
     assert "- fine_tuned − reference, macro_f1: +0.020 (2 / 1)" in report
     assert "transductive" not in report  # a setting that did not run is not paired
+
+
+def test_batch_held_out_takes_the_smallest_batch_but_leaves_every_class_a_label():
+    from benchmarks.calibration_study import batch_held_out
+
+    labels = np.array([0, 0, 1, 1, 2, -1, 0, 1, 2, 2])
+    batches = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])  # batch 1: 4 labelled, batch 0: 5
+    assert batch_held_out(labels, batches, 3).tolist() == [6, 7, 8, 9]
+    only_in_small = np.array([0, 0, 1, 1, 1, -1, 2, 2, 0, 1])  # class 2 only in batch 1
+    assert batch_held_out(only_in_small, batches, 3).tolist() == [7, 8, 9]
