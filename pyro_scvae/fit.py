@@ -267,6 +267,14 @@ def build_parser() -> cli.ArgumentParser:
         "'Unassigned' (default: 0, call every cell)",
     )
     output.add_argument(
+        "--novelty-quantile",
+        type=cli.probability,
+        default=None,
+        help="cells whose novelty score is above this quantile of the reference cells' own "
+        "(out-of-fold) scores are flagged novel; lower flags more novel and more known "
+        "cells (default: 0.98, see docs/mapping.md)",
+    )
+    output.add_argument(
         "--majority-voting",
         action="store_true",
         help="also call each cell by the most frequent call of its cluster in an "
@@ -360,6 +368,8 @@ def run(args) -> None:
         num_nodes=args.num_nodes,
         threads=args.threads,
     )
+    if args.novelty_quantile is not None:
+        model.fit_novelty(args.novelty_quantile)
     if model.distributed_run is not None and not model.distributed_run.is_global_zero:
         return  # with DDP processes started by torchrun or SLURM, rank 0 writes the outputs
     settings = json_ready(

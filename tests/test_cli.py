@@ -100,6 +100,8 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
             "0.3",
             "--min-confidence",
             "0.6",
+            "--novelty-quantile",
+            "0.5",
             "--query",
             str(query),
             "--out",
@@ -142,6 +144,9 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     assert saved["model"]["class_prior"] == "frequencies"
     assert saved["training"]["kl_warmup"] == 0.25 and saved["training"]["epochs"] == 3
     assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40
+    # the threshold is the median of the reference cells' out-of-fold scores (default 0.98)
+    assert saved["novelty"]["quantile"] == 0.5
+    assert 0.2 < predictions["novel"].mean() < 0.9
 
     metrics = json.loads((out / "metrics.json").read_text())
     # 3 epochs with 30 % of the labels held out, then from the best of them 3 more (the
@@ -433,3 +438,9 @@ def test_bad_option_from_the_shell_has_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: file not found: nowhere.h5ad"
+
+
+def test_novelty_quantile_help_gives_the_package_default():
+    from pyro_scvae.novelty import DEFAULT_QUANTILE
+
+    assert f"(default: {DEFAULT_QUANTILE}," in fit.build_parser().format_help().replace("\n", " ")
