@@ -14,6 +14,10 @@ For each T1 fold (the query chemistry):
     zero for the reference chemistries) learn on the query's ELBO,
 ``fine_tuned_unfrozen``
     and with ``freeze_reference=False`` (every weight learns on the query alone).
+``reference_encoded``, ``fine_tuned_encoded`` (``--groups encoded``)
+    the same reference trained with ``encode_batch=True`` (the encoders see the
+    chemistry from the start, as scArches' conditional encoders do), before and after
+    ``map_query``.
 
 Reported: macro-F1 of the query's calls, and batch mixing of the joint latent of the
 reference and query cells: for each cell, the entropy of the chemistries among its 30
@@ -61,8 +65,11 @@ def macro_f1(truth, calls) -> float:
     return float(f1_score(truth, calls, average="macro", labels=np.unique(truth)))
 
 
-def run_fold(fold: str, seed: int, epochs: int | None) -> list[dict]:
-    """The four settings of the module docstring on one fold; one row each."""
+def run_fold(
+    fold: str, seed: int, epochs: int | None, groups: tuple[str, ...] = ("default",)
+) -> list[dict]:
+    """The settings of the module docstring on one fold (``default``: the first four,
+    ``encoded``: the last two); one row each."""
     from pyro_scvae import PyroSCVAE
 
     adata = build_task(fold, seed).adata
@@ -97,27 +104,41 @@ def run_fold(fold: str, seed: int, epochs: int | None) -> list[dict]:
     fit = {"epochs": epochs, "seed": seed, "progress": False, "device": "cpu"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unseen-batch warning is expected here
-        both = adata.copy()
-        both.obs["training_label"] = both.obs["label"].where(~is_query)
-        PyroSCVAE.setup_anndata(both, labels_key="training_label", batch_key="batch")
-        start = time.perf_counter()
-        model = PyroSCVAE(both, seed=seed).fit(**fit)
-        record("transductive", model, seconds=time.perf_counter() - start)
+        if "default" in groups:
+            both = adata.copy()
+            both.obs["training_label"] = both.obs["label"].where(~is_query)
+            PyroSCVAE.setup_anndata(both, labels_key="training_label", batch_key="batch")
+            start = time.perf_counter()
+            model = PyroSCVAE(both, seed=seed).fit(**fit)
+            record("transductive", model, seconds=time.perf_counter() - start)
 
         PyroSCVAE.setup_anndata(reference, labels_key="label", batch_key="batch")
-        start = time.perf_counter()
-        model = PyroSCVAE(reference, seed=seed).fit(**fit)
-        record("reference", model, seconds=time.perf_counter() - start)
-        for name, freeze in (("fine_tuned", True), ("fine_tuned_unfrozen", False)):
+        plans = {
+            "default": ("", False, (("fine_tuned", True), ("fine_tuned_unfrozen", False))),
+            "encoded": ("_encoded", True, (("fine_tuned_encoded", True),)),
+        }
+        for group in groups:
+            suffix, encode_batch, mappings = plans[group]
             start = time.perf_counter()
-            mapped = model.map_query(
-                query, freeze_reference=freeze, seed=seed, progress=False, device="cpu"
-            )
-            record(name, model, mapped, seconds=time.perf_counter() - start)
+            model = PyroSCVAE(reference, encode_batch=encode_batch, seed=seed).fit(**fit)
+            record("reference" + suffix, model, seconds=time.perf_counter() - start)
+            for name, freeze in mappings:
+                start = time.perf_counter()
+                mapped = model.map_query(
+                    query, freeze_reference=freeze, seed=seed, progress=False, device="cpu"
+                )
+                record(name, model, mapped, seconds=time.perf_counter() - start)
     return rows
 
 
-SETTINGS = ("transductive", "reference", "fine_tuned", "fine_tuned_unfrozen")
+SETTINGS = (
+    "transductive",
+    "reference",
+    "fine_tuned",
+    "fine_tuned_unfrozen",
+    "reference_encoded",
+    "fine_tuned_encoded",
+)
 
 
 def summarise(rows: list[dict]) -> list[list[str]]:
@@ -167,6 +188,9 @@ def render(rows: list[dict], command: str) -> str:
         ("fine_tuned", "reference"),
         ("fine_tuned", "transductive"),
         ("fine_tuned_unfrozen", "reference"),
+        ("reference_encoded", "reference"),
+        ("fine_tuned_encoded", "reference_encoded"),
+        ("fine_tuned_encoded", "transductive"),
     ):
         if not {setting, baseline} <= ran:
             continue
@@ -181,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", nargs="+", default=["T1a"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=None, help="default: the package's")
+    parser.add_argument("--groups", nargs="+", default=["default"], choices=["default", "encoded"])
     parser.add_argument("--out", default="benchmarks/mapping", help="writes OUT.json, OUT.md")
     parser.add_argument(
         "--merge", nargs="+", metavar="JSON", help="only report these runs' rows together"
@@ -194,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for seed in args.seeds:
         for fold in args.folds:
-            rows += run_fold(fold, seed, args.epochs)
+            rows += run_fold(fold, seed, args.epochs, tuple(args.groups))
             Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
     save_study(rows, render(rows, command), args.out)
 
