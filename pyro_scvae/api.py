@@ -277,6 +277,7 @@ class PyroSCVAE:
         accelerator: str = "auto",
         num_nodes: int = 1,
         threads: int | str | None = None,
+        novelty_quantile: float | None = None,
     ) -> PyroSCVAE:
         """Train on all cells: labelled ones with their label, the others enumerating y.
 
@@ -331,6 +332,10 @@ class PyroSCVAE:
             default): as many as there are free cores and the minibatches can use, often
             one on a shared machine (:mod:`pyro_scvae.threads`). torch's own setting is
             restored afterwards; ``history.threads`` says what each epoch used.
+        novelty_quantile
+            Quantile of the reference cells' out-of-fold novelty scores above which a cell
+            is flagged novel (:meth:`fit_novelty`; None: the default of
+            :mod:`pyro_scvae.novelty`).
         """
         seed = self.seed if seed is None else seed
         epochs = default_epochs(len(self.training_cells)) if epochs is None else epochs
@@ -374,7 +379,7 @@ class PyroSCVAE:
                 return self.distributed_run.history
 
         self.history = fit_ensemble(self, self.training_config, run)
-        self.fit_novelty()
+        self.fit_novelty(novelty_quantile)
         self.train_seconds = time.perf_counter() - start
         return self
 

@@ -367,9 +367,8 @@ def run(args) -> None:
         accelerator=args.accelerator,
         num_nodes=args.num_nodes,
         threads=args.threads,
+        novelty_quantile=args.novelty_quantile,
     )
-    if args.novelty_quantile is not None:
-        model.fit_novelty(args.novelty_quantile)
     if model.distributed_run is not None and not model.distributed_run.is_global_zero:
         return  # with DDP processes started by torchrun or SLURM, rank 0 writes the outputs
     settings = json_ready(
