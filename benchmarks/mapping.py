@@ -79,14 +79,12 @@ def run_fold(
     batches = np.r_[reference.obs["batch"].to_numpy(), query.obs["batch"].to_numpy()]
     rows = []
 
-    def record(name, model, query_model=None, seconds=0.0):
-        query_model = query_model or model
-        calls = query_model.predict(query).to_numpy()
+    def record(name, model, seconds):
+        """One row: the query's calls by ``model``, and the mixing of the reference and
+        query cells as ``model`` encodes both."""
+        calls = model.predict(query).to_numpy()
         joint = np.vstack(
-            [
-                model.get_latent_representation(reference),
-                query_model.get_latent_representation(query),
-            ]
+            [model.get_latent_representation(reference), model.get_latent_representation(query)]
         )
         rows.append(
             {
@@ -127,7 +125,7 @@ def run_fold(
                 mapped = model.map_query(
                     query, freeze_reference=freeze, seed=seed, progress=False, device="cpu"
                 )
-                record(name, model, mapped, seconds=time.perf_counter() - start)
+                record(name, mapped, seconds=time.perf_counter() - start)
     return rows
 
 
@@ -139,6 +137,7 @@ SETTINGS = (
     "reference_encoded",
     "fine_tuned_encoded",
 )
+METRICS = ("macro_f1", "accuracy", "batch_entropy")
 
 
 def summarise(rows: list[dict]) -> list[list[str]]:
@@ -163,9 +162,6 @@ def paired(rows: list[dict], setting: str, baseline: str, key: str) -> tuple[flo
     pairs = sorted({(r["fold"], r["seed"]) for r in rows})
     diffs = np.array([value[(*p, setting)] - value[(*p, baseline)] for p in pairs])
     return float(diffs.mean()), int((diffs > 0).sum()), int((diffs < 0).sum())
-
-
-METRICS = ("macro_f1", "accuracy", "batch_entropy")
 
 
 def render(rows: list[dict], command: str) -> str:
