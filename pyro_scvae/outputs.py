@@ -19,16 +19,16 @@ from pyro_scvae.api import PyroSCVAE
 from pyro_scvae.data import unlabelled as data_unlabelled
 from pyro_scvae.data import write_h5ad_rows
 from pyro_scvae.errors import InputError, PyroSCVAEWarning
-from pyro_scvae.evaluation import (
-    classification_metrics,
+from pyro_scvae.evaluation import classification_metrics
+from pyro_scvae.folders import atomic_output_dir  # noqa: F401 (where it used to be)
+from pyro_scvae.persistence import selection_summary
+from pyro_scvae.plots import (
     plot_confusion,
     plot_elbo,
     plot_risk_coverage,
     plot_umap,
     umap_coordinates,
 )
-from pyro_scvae.folders import atomic_output_dir  # noqa: F401 (where it used to be)
-from pyro_scvae.persistence import selection_summary
 from pyro_scvae.signals import raise_if_pending
 from pyro_scvae.training import warmup_epochs
 

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from pyro_scvae.evaluation import (
+from pyro_scvae.plots import (
     GREY,
     category_colours,
     category_palette,
@@ -175,7 +175,7 @@ def test_umap_of_more_cells_than_scanpy_takes_exact_neighbours_for():
     """From 4,096 cells scanpy 1.11 switches to pynndescent, whose graph it cannot read with
     scipy 1.17 once pynndescent searches approximately (between 6,000 and 8,617 cells here;
     ``fit`` failed at its last step on every such data set)."""
-    from pyro_scvae.evaluation import umap_coordinates
+    from pyro_scvae.plots import umap_coordinates
 
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=5.0, size=(3, 10))
