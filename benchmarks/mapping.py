@@ -23,8 +23,11 @@ Reported: macro-F1 of the query's calls, and batch mixing of the joint latent of
 reference and query cells: for each cell, the entropy of the chemistries among its 30
 nearest neighbours in z₁ (Euclidean, scikit-learn), divided by log 3, averaged over
 cells (1: neighbours spread evenly over the chemistries; 0: only its own). It is the kNN
-batch entropy of Haghverdi et al. (2018) and of scib's iLISI idea; scib is not installed,
-and these few lines are its definition.
+batch entropy of Haghverdi et al. (2018), in a few lines of scikit-learn. Beside it, from a
+library: **iLISI** (Korsunsky et al. 2019), the effective number of chemistries around each
+cell at a perplexity of 30, computed by ``harmonypy.compute_lisi``; reported as scib does,
+the median over cells scaled to [0, 1] by (LISI − 1) / (chemistries − 1). (scib-metrics
+would bring jax into the environment; harmonypy needs only numpy.)
 
 Usage::
 
@@ -61,6 +64,16 @@ def batch_entropy(latent: np.ndarray, batches: np.ndarray, k: int = NEIGHBOURS) 
     return float(np.mean(entropy(counts, axis=1) / np.log(len(names))))
 
 
+def ilisi(latent: np.ndarray, batches: np.ndarray, perplexity: float = NEIGHBOURS) -> float:
+    """Median iLISI over cells (harmonypy), scaled to [0, 1] as scib scales it."""
+    import pandas as pd
+    from harmonypy import compute_lisi
+
+    n_batches = len(np.unique(batches))
+    lisi = compute_lisi(latent, pd.DataFrame({"batch": batches}), ["batch"], perplexity)[:, 0]
+    return float((np.median(lisi) - 1) / (n_batches - 1))
+
+
 def macro_f1(truth, calls) -> float:
     return float(f1_score(truth, calls, average="macro", labels=np.unique(truth)))
 
@@ -94,6 +107,7 @@ def run_fold(
                 "macro_f1": macro_f1(truth, calls),
                 "accuracy": float((calls == truth).mean()),
                 "batch_entropy": batch_entropy(joint, batches),
+                "ilisi": ilisi(joint, batches),
                 "seconds": round(seconds, 1),
             }
         )
@@ -137,7 +151,7 @@ SETTINGS = (
     "reference_encoded",
     "fine_tuned_encoded",
 )
-METRICS = ("macro_f1", "accuracy", "batch_entropy")
+METRICS = ("macro_f1", "accuracy", "batch_entropy", "ilisi")
 
 
 def summarise(rows: list[dict]) -> list[list[str]]:
@@ -149,7 +163,12 @@ def summarise(rows: list[dict]) -> list[list[str]]:
             if chosen:
                 body.append(
                     [fold, setting, str(len(chosen))]
-                    + [mean_sd([r[key] for r in chosen]) for key in METRICS]
+                    + [
+                        mean_sd([r[key] for r in chosen])
+                        if all(key in r for r in chosen)
+                        else "n/a"
+                        for key in METRICS
+                    ]
                     + [f"{np.mean([r['seconds'] for r in chosen]):.0f}"]
                 )
     return body
@@ -158,14 +177,14 @@ def summarise(rows: list[dict]) -> list[list[str]]:
 def paired(rows: list[dict], setting: str, baseline: str, key: str) -> tuple[float, int, int]:
     """Mean difference of ``key`` between two settings over (fold, seed) pairs, and how
     many pairs are higher and lower."""
-    value = {(r["fold"], r["seed"], r["setting"]): r[key] for r in rows}
+    value = {(r["fold"], r["seed"], r["setting"]): r.get(key) for r in rows}
     pairs = sorted({(r["fold"], r["seed"]) for r in rows})
     diffs = np.array([value[(*p, setting)] - value[(*p, baseline)] for p in pairs])
     return float(diffs.mean()), int((diffs > 0).sum()), int((diffs < 0).sum())
 
 
 def render(rows: list[dict], command: str) -> str:
-    headers = ["fold", "setting", "runs", "macro-F1", "accuracy", "batch entropy", "s"]
+    headers = ["fold", "setting", "runs", "macro-F1", "accuracy", "batch entropy", "iLISI", "s"]
     lines = [
         "# Reference mapping on T1",
         "",
@@ -190,7 +209,8 @@ def render(rows: list[dict], command: str) -> str:
     ):
         if not {setting, baseline} <= ran:
             continue
-        for key in METRICS:
+        both = [r for r in rows if r["setting"] in (setting, baseline)]
+        for key in (k for k in METRICS if all(k in r for r in both)):  # iLISI: since 12-07
             diff, up, down = paired(rows, setting, baseline, key)
             lines.append(f"- {setting} − {baseline}, {key}: {diff:+.3f} ({up} / {down})")
     return "\n".join([*lines, ""])

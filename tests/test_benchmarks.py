@@ -349,6 +349,18 @@ def test_mapping_report_pairs_settings_by_fold_and_seed():
     assert "transductive" not in report  # a setting that did not run is not paired
 
 
+def test_ilisi_is_one_for_mixed_batches_and_zero_for_separate_ones():
+    from benchmarks.mapping import batch_entropy, ilisi
+
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(600, 5))
+    batches = np.repeat(["a", "b", "c"], 200)
+    mixed = ilisi(latent, batches)
+    apart = latent + np.repeat(np.eye(5)[:3] * 100, 200, axis=0)  # each batch far away
+    assert mixed > 0.75 and ilisi(apart, batches) < 0.01  # random draws: not exactly 1
+    assert batch_entropy(latent, batches) > 0.9 and batch_entropy(apart, batches) < 0.01
+
+
 def test_batch_held_out_takes_the_smallest_batch_but_leaves_every_class_a_label():
     from benchmarks.calibration_study import batch_held_out
 
@@ -357,3 +369,4 @@ def test_batch_held_out_takes_the_smallest_batch_but_leaves_every_class_a_label(
     assert batch_held_out(labels, batches, 3).tolist() == [6, 7, 8, 9]
     only_in_small = np.array([0, 0, 1, 1, 1, -1, 2, 2, 0, 1])  # class 2 only in batch 1
     assert batch_held_out(only_in_small, batches, 3).tolist() == [7, 8, 9]
+
