@@ -26,6 +26,10 @@ query cells:
     Σ_y p(y) ∫ p(z₁ | z₂, y) p(z₂) dz₂, at the posterior mean of z₁, each integral
     importance-sampled with the guide's q(z₂ | z₁, y) (:func:`prior_log_density`): how
     improbable the cell's state is under every type's generative prior.
+``reconstruction``
+    the model's likelihood: −log p(x | z₁, l) under the ZINB, at the posterior mean of z₁
+    and the observed total count l, per count (:func:`reconstruction_log_likelihood`):
+    how badly the decoder, trained on the known types, explains the cell.
 ``max_probability`` (baseline)
     1 − the largest calibrated probability of q(y | z₁).
 ``entropy``
@@ -77,6 +81,7 @@ SCORES = [
     "mahalanobis_per_class",
     "knn",
     "prior_density",
+    "reconstruction",
     "max_probability",
     "entropy",
 ]
@@ -132,6 +137,34 @@ def prior_log_density(module, latent: np.ndarray, draws: int = 16, seed: int = 0
     return np.concatenate(out)
 
 
+def reconstruction_log_likelihood(model, adata) -> tuple[np.ndarray, np.ndarray]:
+    """log p(x | z₁, l) ``[cells]`` of ``adata``'s cells and their total counts ``[cells]``.
+
+    z₁ is the posterior mean; l the observed total count.
+    """
+    import torch
+
+    from pyro_scvae.distributions import ZINB
+
+    module = model.module
+    module.eval()
+    counts, batches = model._query_arrays(adata)
+    theta = module.log_theta.exp()  # [G]
+    log_likelihood, totals = [], []
+    with torch.no_grad():
+        for start in range(0, counts.shape[0], 2048):
+            rows = slice(start, start + 2048)
+            x = torch.from_numpy(counts[rows].toarray()).float()  # [chunk, G]
+            b = None if batches is None else torch.from_numpy(batches[rows])
+            onehot = module.batch_inputs(x, b)
+            z1 = module.encode_x(x, onehot)[0]  # [chunk, d]
+            rho, zi_logits = module.x_decoder(z1, *onehot)  # [chunk, G] each
+            total = x.sum(1, keepdim=True)  # [chunk, 1]
+            log_likelihood.append(ZINB(total * rho, theta, zi_logits).log_prob(x).sum(-1).numpy())
+            totals.append(total[:, 0].numpy())
+    return np.concatenate(log_likelihood), np.concatenate(totals)
+
+
 def split(task: str, held_out: str, seed: int):
     """Reference (without the held-out type) and query (with it) AnnData objects."""
     adata = build_task(task, seed).adata
@@ -174,6 +207,7 @@ def leave_one_out(
     reference_latent = model.get_latent_representation()
     labels = model.data.labels
     nearest = model.novelty.score(latent)
+    decoder_ll, totals = reconstruction_log_likelihood(model, query)
     scores = {
         "mahalanobis": nearest,
         "relative_mahalanobis": relative_distance(latent, reference_latent[labels >= 0], nearest),
@@ -185,6 +219,7 @@ def leave_one_out(
         .kneighbors(latent)[0]
         .mean(1),
         "prior_density": -prior_log_density(model.module, latent, seed=seed),
+        "reconstruction": -decoder_ll / totals,
         "max_probability": 1 - probabilities.max(1),
         "entropy": entropy(probabilities, axis=1),
     }
@@ -195,6 +230,8 @@ def leave_one_out(
             novel=novel,
             probabilities=probabilities,
             prior_density=scores["prior_density"],
+            decoder_ll=decoder_ll,
+            totals=totals,
             reference_latent=reference_latent[labels >= 0],
             reference_labels=labels[labels >= 0],
         )

@@ -10,7 +10,11 @@ applied to the same distances:
 - ``per_type``: the same quantile of the out-of-fold distances of the reference cells whose
   nearest centre is that type (the global threshold where fewer than ``MIN_CELLS``), and a
   query cell compared with the threshold of its nearest type; its AUROC is that of the
-  distance divided by that threshold.
+  distance divided by that threshold;
+- ``oracle``: not a rule a user can apply, a bound: the threshold that flags exactly the
+  share ``1 − quantile`` of the *query's* known cells (chosen with the query's labels).
+  Its novel cells flagged are the most that any threshold on this score can flag at that
+  share of false flags: the ROC curve read at that point.
 
     python benchmarks/novelty_thresholds.py /tmp/nov3/lat --quantiles 0.95 0.98
 """
@@ -52,9 +56,11 @@ def evaluate(path: Path, quantiles: list[float]) -> list[dict]:
         for k in range(n_classes):
             if (oof_kind == k).sum() >= MIN_CELLS:
                 per_type[k] = np.quantile(oof[oof_kind == k], q)
+        oracle = np.quantile(score[~novel], q)  # flags 1 − q of the known query cells
         for rule, threshold in (
             ("global", np.full(len(score), overall)),
             ("per_type", per_type[kind]),
+            ("oracle", np.full(len(score), oracle)),
         ):
             flagged = score > threshold
             rows.append(
@@ -87,7 +93,7 @@ def main() -> None:
     print("| quantile | rule | runs | AUROC | novel flagged | known flagged |")
     print("|---|---|---|---|---|---|")
     for q in args.quantiles:
-        for rule in ("global", "per_type"):
+        for rule in ("global", "per_type", "oracle"):
             chosen = [r for r in rows if r["quantile"] == q and r["rule"] == rule]
             print(
                 f"| {q} | {rule} | {len(chosen)} | {np.mean([r['auroc'] for r in chosen]):.3f} | "

@@ -263,6 +263,24 @@ def test_prior_density_of_novelty_study_matches_plain_monte_carlo():
     np.testing.assert_allclose(estimate, naive, atol=0.05)
 
 
+def test_reconstruction_likelihood_is_lower_for_cells_unlike_the_training_cells(simulated):
+    """benchmarks/novelty.py's likelihood score: a cell whose counts are moved to other
+    genes (a profile no type has) is explained worse, per count, than the real cells."""
+    from benchmarks.novelty import reconstruction_log_likelihood
+    from pyro_scvae import PyroSCVAE
+
+    PyroSCVAE.setup_anndata(simulated, labels_key="label", batch_key="batch")
+    model = PyroSCVAE(simulated, n_latent=4, seed=0).fit(epochs=30, progress=False, threads=1)
+    cells = simulated[:100].copy()
+    real, totals = reconstruction_log_likelihood(model, cells)
+    counts = np.asarray(cells.X.todense() if hasattr(cells.X, "todense") else cells.X)
+    cells.X = counts[:, np.random.default_rng(0).permutation(counts.shape[1])]
+    moved, moved_totals = reconstruction_log_likelihood(model, cells)
+    np.testing.assert_array_equal(totals, moved_totals)
+    assert np.median(moved / moved_totals) < np.median(real / totals)
+    assert (moved < real).mean() > 0.9
+
+
 def test_cli_study_reads_epochs_as_a_share_of_the_default():
     from benchmarks.cli_study import epochs_option
     from pyro_scvae.config import default_epochs
@@ -370,3 +388,38 @@ def test_batch_held_out_takes_the_smallest_batch_but_leaves_every_class_a_label(
     only_in_small = np.array([0, 0, 1, 1, 1, -1, 2, 2, 0, 1])  # class 2 only in batch 1
     assert batch_held_out(only_in_small, batches, 3).tolist() == [7, 8, 9]
 
+
+def test_novelty_threshold_rules_and_the_oracle_bound(tmp_path):
+    """novelty_thresholds.py: the oracle flags 1 − q of the query's known cells, where the
+    reference's quantile flags more of them when the query's known cells are broader."""
+    from benchmarks.novelty_thresholds import evaluate
+
+    rng = np.random.default_rng(0)
+    reference = np.r_[rng.normal(0, 1, (200, 3)), rng.normal(6, 1, (200, 3))]
+    labels = np.repeat([0, 1], 200)
+    known = np.r_[rng.normal(0, 1.3, (200, 3)), rng.normal(6, 1.3, (200, 3))]  # broader
+    novel = rng.normal(3, 1, (100, 3))  # between the two types
+    np.savez(
+        tmp_path / "run.npz",
+        latent=np.r_[known, novel],
+        novel=np.r_[np.zeros(400, bool), np.ones(100, bool)],
+        reference_latent=reference,
+        reference_labels=labels,
+    )
+    rows = {r["rule"]: r for r in evaluate(tmp_path / "run.npz", [0.95])}
+    assert set(rows) == {"global", "per_type", "oracle"}
+    assert rows["oracle"]["known_flagged"] == pytest.approx(0.05, abs=0.003)
+    assert rows["global"]["known_flagged"] > 0.05  # the query's known cells are broader
+    assert 0 < rows["oracle"]["novel_flagged"] < 1
+
+
+def test_novel_flagged_at_five_percent_false_flags_reads_the_roc_curve():
+    from benchmarks.novelty_combined import flagged_at
+
+    rng = np.random.default_rng(0)
+    known = rng.normal(size=10_000)
+    novel = np.r_[np.zeros(10_000, bool), np.ones(10_000, bool)]
+    apart = np.r_[known, known + 100]
+    alike = np.r_[known, rng.normal(size=10_000)]
+    assert flagged_at(novel, apart) == 1.0
+    assert flagged_at(novel, alike) == pytest.approx(0.05, abs=0.01)
