@@ -30,6 +30,11 @@ query cells:
     the model's likelihood: −log p(x | z₁, l) under the ZINB, at the posterior mean of z₁
     and the observed total count l, per count (:func:`reconstruction_log_likelihood`):
     how badly the decoder, trained on the known types, explains the cell.
+``encoder_hidden``, ``classifier_hidden``, ``logits``
+    the package's distance (nearest class centre, shared shrunk covariance) computed in
+    other layers of the networks instead of z₁: the last hidden layer of the encoder of
+    q(z₁ | x), the last hidden layer of the classifier q(y | z₁), and its logits (Lee et
+    al. 2018 read a classifier's own features) (:func:`network_features`).
 ``max_probability`` (baseline)
     1 − the largest calibrated probability of q(y | z₁).
 ``entropy``
@@ -82,6 +87,9 @@ SCORES = [
     "knn",
     "prior_density",
     "reconstruction",
+    "encoder_hidden",
+    "classifier_hidden",
+    "logits",
     "max_probability",
     "entropy",
 ]
@@ -165,6 +173,48 @@ def reconstruction_log_likelihood(model, adata) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(log_likelihood), np.concatenate(totals)
 
 
+def network_features(model, adata) -> dict[str, np.ndarray]:
+    """``adata``'s cells in three layers of the networks, ``[cells, width]`` each.
+
+    ``encoder_hidden``: the last hidden layer of q(z₁ | x)'s encoder (after its ReLU);
+    ``classifier_hidden``: the classifier's last hidden layer at the posterior mean of z₁;
+    ``logits``: the classifier's output there.
+    """
+    import torch
+
+    module = model.module
+    module.eval()
+    counts, batches = model._query_arrays(adata)
+    out: dict[str, list[np.ndarray]] = {"encoder_hidden": [], "classifier_hidden": [], "logits": []}
+    with torch.no_grad():
+        for start in range(0, counts.shape[0], 2048):
+            rows = slice(start, start + 2048)
+            x = torch.from_numpy(counts[rows].toarray()).float()  # [chunk, G]
+            b = None if batches is None else torch.from_numpy(batches[rows])
+            onehot = module.batch_inputs(x, b) if module.config.encode_batch else []
+            encoder = module.x_encoder.mlp
+            hidden = encoder[0](torch.log1p(x), *onehot)
+            for layer in list(encoder)[1:-1]:
+                hidden = layer(hidden)  # [chunk, H]
+            z1 = module.encode_x(x, module.batch_inputs(x, b))[0]  # [chunk, d]
+            classifier = module.classifier.mlp
+            features = z1
+            for layer in list(classifier)[:-1]:
+                features = layer(features)  # [chunk, H]
+            out["encoder_hidden"].append(hidden.numpy())
+            out["classifier_hidden"].append(features.numpy())
+            out["logits"].append(classifier[-1](features).numpy())
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def distance_in(reference: np.ndarray, labels: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The package's score with centres and covariance estimated on ``reference`` features."""
+    from pyro_scvae.novelty import class_statistics, nearest_distance
+
+    means, precision = class_statistics(reference, labels, int(labels.max()) + 1)
+    return nearest_distance(query, means, precision)
+
+
 def split(task: str, held_out: str, seed: int):
     """Reference (without the held-out type) and query (with it) AnnData objects."""
     adata = build_task(task, seed).adata
@@ -208,6 +258,9 @@ def leave_one_out(
     labels = model.data.labels
     nearest = model.novelty.score(latent)
     decoder_ll, totals = reconstruction_log_likelihood(model, query)
+    query_features = network_features(model, query)
+    reference_features = network_features(model, None)  # the training cells, as `labels`
+    labelled = model.data.labels >= 0
     scores = {
         "mahalanobis": nearest,
         "relative_mahalanobis": relative_distance(latent, reference_latent[labels >= 0], nearest),
@@ -220,6 +273,12 @@ def leave_one_out(
         .mean(1),
         "prior_density": -prior_log_density(model.module, latent, seed=seed),
         "reconstruction": -decoder_ll / totals,
+        **{
+            name: distance_in(
+                reference_features[name][labelled], model.data.labels[labelled], features
+            )
+            for name, features in query_features.items()
+        },
         "max_probability": 1 - probabilities.max(1),
         "entropy": entropy(probabilities, axis=1),
     }

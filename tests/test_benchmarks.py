@@ -423,3 +423,18 @@ def test_novel_flagged_at_five_percent_false_flags_reads_the_roc_curve():
     alike = np.r_[known, rng.normal(size=10_000)]
     assert flagged_at(novel, apart) == 1.0
     assert flagged_at(novel, alike) == pytest.approx(0.05, abs=0.01)
+
+
+def test_network_features_end_in_the_classifiers_own_logits(simulated):
+    """benchmarks/novelty.py reads three layers; the last is q(y | z₁)'s logits as predict has them."""
+    from benchmarks.novelty import network_features
+    from pyro_scvae import PyroSCVAE
+
+    PyroSCVAE.setup_anndata(simulated, labels_key="label", batch_key="batch")
+    model = PyroSCVAE(simulated, n_latent=4, n_hidden=16, seed=0)
+    model.fit(epochs=2, progress=False, threads=1)
+    features = network_features(model, simulated[:50])
+    assert features["encoder_hidden"].shape == features["classifier_hidden"].shape == (50, 16)
+    assert (features["classifier_hidden"] >= 0).all()  # after the ReLU
+    logits = model._encode(*model._query_arrays(simulated[:50]))[1]
+    np.testing.assert_allclose(features["logits"], logits, rtol=1e-5, atol=1e-5)
