@@ -426,7 +426,7 @@ def test_novel_flagged_at_five_percent_false_flags_reads_the_roc_curve():
 
 
 def test_network_features_end_in_the_classifiers_own_logits(simulated):
-    """benchmarks/novelty.py reads three layers; the last is q(y | z₁)'s logits as predict has them."""
+    """benchmarks/novelty.py reads three layers; the last is q(y | z₁)'s logits, as predict's."""
     from benchmarks.novelty import network_features
     from pyro_scvae import PyroSCVAE
 
