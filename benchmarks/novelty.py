@@ -145,6 +145,20 @@ def prior_log_density(module, latent: np.ndarray, draws: int = 16, seed: int = 0
     return np.concatenate(out)
 
 
+def count_chunks(model, adata, size: int = 2048):
+    """``(counts [chunk, G], batch codes [chunk] or None)`` of ``adata``'s cells in the
+    model's genes, as float32 tensors, with the module in evaluation mode (``adata`` None:
+    the model's own cells)."""
+    import torch
+
+    model.module.eval()
+    counts, batches = model._query_arrays(adata)
+    for start in range(0, counts.shape[0], size):
+        rows = slice(start, start + size)
+        x = torch.from_numpy(counts[rows].toarray()).float()
+        yield x, None if batches is None else torch.from_numpy(batches[rows])
+
+
 def reconstruction_log_likelihood(model, adata) -> tuple[np.ndarray, np.ndarray]:
     """log p(x | z₁, l) ``[cells]`` of ``adata``'s cells and their total counts ``[cells]``.
 
@@ -155,15 +169,10 @@ def reconstruction_log_likelihood(model, adata) -> tuple[np.ndarray, np.ndarray]
     from pyro_scvae.distributions import ZINB
 
     module = model.module
-    module.eval()
-    counts, batches = model._query_arrays(adata)
-    theta = module.log_theta.exp()  # [G]
     log_likelihood, totals = [], []
     with torch.no_grad():
-        for start in range(0, counts.shape[0], 2048):
-            rows = slice(start, start + 2048)
-            x = torch.from_numpy(counts[rows].toarray()).float()  # [chunk, G]
-            b = None if batches is None else torch.from_numpy(batches[rows])
+        theta = module.log_theta.exp()  # [G]
+        for x, b in count_chunks(model, adata):
             onehot = module.batch_inputs(x, b)
             z1 = module.encode_x(x, onehot)[0]  # [chunk, d]
             rho, zi_logits = module.x_decoder(z1, *onehot)  # [chunk, G] each
@@ -183,22 +192,15 @@ def network_features(model, adata) -> dict[str, np.ndarray]:
     import torch
 
     module = model.module
-    module.eval()
-    counts, batches = model._query_arrays(adata)
+    encoder, classifier = module.x_encoder.mlp, module.classifier.mlp
     out: dict[str, list[np.ndarray]] = {"encoder_hidden": [], "classifier_hidden": [], "logits": []}
     with torch.no_grad():
-        for start in range(0, counts.shape[0], 2048):
-            rows = slice(start, start + 2048)
-            x = torch.from_numpy(counts[rows].toarray()).float()  # [chunk, G]
-            b = None if batches is None else torch.from_numpy(batches[rows])
+        for x, b in count_chunks(model, adata):
             onehot = module.batch_inputs(x, b) if module.config.encode_batch else []
-            encoder = module.x_encoder.mlp
             hidden = encoder[0](torch.log1p(x), *onehot)
             for layer in list(encoder)[1:-1]:
                 hidden = layer(hidden)  # [chunk, H]
-            z1 = module.encode_x(x, module.batch_inputs(x, b))[0]  # [chunk, d]
-            classifier = module.classifier.mlp
-            features = z1
+            features = module.encode_x(x, module.batch_inputs(x, b))[0]  # [chunk, d], z₁
             for layer in list(classifier)[:-1]:
                 features = layer(features)  # [chunk, H]
             out["encoder_hidden"].append(hidden.numpy())
