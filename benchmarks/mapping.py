@@ -154,6 +154,11 @@ SETTINGS = (
 METRICS = ("macro_f1", "accuracy", "batch_entropy", "ilisi")
 
 
+def measured(rows: list[dict], key: str) -> bool:
+    """Every row has ``key`` (rows of runs before iLISI was added lack it)."""
+    return all(key in r for r in rows)
+
+
 def summarise(rows: list[dict]) -> list[list[str]]:
     """Mean ± sd over seeds of each fold and setting, then of all folds together."""
     body = []
@@ -164,9 +169,7 @@ def summarise(rows: list[dict]) -> list[list[str]]:
                 body.append(
                     [fold, setting, str(len(chosen))]
                     + [
-                        mean_sd([r[key] for r in chosen])
-                        if all(key in r for r in chosen)
-                        else "n/a"
+                        mean_sd([r[key] for r in chosen]) if measured(chosen, key) else "n/a"
                         for key in METRICS
                     ]
                     + [f"{np.mean([r['seconds'] for r in chosen]):.0f}"]
@@ -210,7 +213,7 @@ def render(rows: list[dict], command: str) -> str:
         if not {setting, baseline} <= ran:
             continue
         both = [r for r in rows if r["setting"] in (setting, baseline)]
-        for key in (k for k in METRICS if all(k in r for r in both)):  # iLISI: since 12-07
+        for key in (k for k in METRICS if measured(both, k)):
             diff, up, down = paired(rows, setting, baseline, key)
             lines.append(f"- {setting} − {baseline}, {key}: {diff:+.3f} ({up} / {down})")
     return "\n".join([*lines, ""])
