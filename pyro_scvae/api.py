@@ -421,17 +421,19 @@ class PyroSCVAE:
         query's ELBO, every cell unlabelled (labels in ``adata`` are not read), with the
         reference's weights frozen: only the new batches' weight columns learn, in the
         decoder and in the encoders, which the result gives the batch as an input if this
-        model's did not (:mod:`pyro_scvae.mapping`). This model is left unchanged. The
-        result keeps the reference's temperature and novelty reference and predicts on
-        ``adata`` (pass it: the result holds no training data).
+        model's did not (:mod:`pyro_scvae.mapping`). In the first half of the epochs only
+        the decoder's columns learn, in the second half the encoders' as well. This model
+        is left unchanged. The result keeps the reference's temperature and novelty
+        reference and predicts on ``adata`` (pass it: the result holds no training data).
 
         Parameters
         ----------
         epochs
-            Fine-tuning epochs; by default about 300 gradient steps
-            (:func:`~pyro_scvae.mapping.fine_tune_epochs`).
+            Fine-tuning epochs, both halves together; by default about 300 gradient steps
+            in each (:func:`~pyro_scvae.mapping.fine_tune_epochs`).
         freeze_reference
-            Train only the new batches' weights (True), or every weight (False).
+            Train only the new batches' weights (True), or in the second half every
+            weight (False).
         seed, batch_size, lr, device, progress, threads
             As in :meth:`fit` (the KL terms have their full weight from the start).
         """

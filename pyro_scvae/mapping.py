@@ -22,7 +22,13 @@ query with new batch categories:
 3. **fine-tunes** on the query's ELBO, every cell unlabelled (y enumerated), with the
    reference's weights frozen (:func:`freeze_reference`: only the new columns get a
    gradient, so Adam leaves every other weight exactly unchanged), or everything with
-   ``freeze_reference=False``.
+   ``freeze_reference=False``, in two phases of equal length (:data:`PHASES`): first only
+   the decoder's new columns learn, the query encoded as the reference encodes it, so
+   that the decoder takes up the new batch's effect on the counts; then the encoders'
+   new columns (and, unfrozen, every weight) learn as well. Trained together from the
+   start, the encoders' offsets move the query's z₁ to wherever a decoder that does not
+   yet know the batch reconstructs it best, and the query mixed less well among the
+   reference cells than without fine-tuning (``benchmarks/mapping.md``).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import torch
 from pyro_scvae.config import TrainingConfig
 from pyro_scvae.data import CellData, count_matrix, library_prior, take_rows
 from pyro_scvae.errors import InputError
-from pyro_scvae.fitting import member_seed
+from pyro_scvae.fitting import joined, member_seed
 from pyro_scvae.genes import match_genes
 from pyro_scvae.model import HierarchicalVAE
 from pyro_scvae.training import train
@@ -50,21 +56,33 @@ if TYPE_CHECKING:
 
     from pyro_scvae.api import PyroSCVAE
 
-#: Gradient steps that :func:`fine_tune_epochs` aims at.
+#: Gradient steps of each phase that :func:`fine_tune_epochs` aims at.
 FINE_TUNE_STEPS = 300
-#: Bounds of :func:`fine_tune_epochs`.
+#: Bounds of :func:`fine_tune_epochs` (each phase).
 FINE_TUNE_EPOCH_BOUNDS = (5, 200)
+#: The phases of fine-tuning, in order: which new columns learn in each (see the module).
+PHASES = ("decoder", "all")
+#: How the progress bar names them.
+PHASE_NAMES = {"decoder": "1/2 decoder", "all": "2/2 decoder and encoders"}
 
 
 def fine_tune_epochs(n_cells: int, batch_size: int) -> int:
-    """Epochs of fine-tuning: about :data:`FINE_TUNE_STEPS` steps, within the bounds.
+    """Epochs of fine-tuning, both phases together: about 2 × :data:`FINE_TUNE_STEPS` steps.
 
-    ``ceil(300 / ceil(n_cells / batch_size))``, between 5 and 200: a query of 400 cells
-    (one minibatch of 512) gets 200 epochs, 20,000 cells 8, a million 5.
+    Each phase gets ``ceil(300 / ceil(n_cells / batch_size))`` epochs, between 5 and 200:
+    a query of 400 cells (one minibatch of 512) gets 2 × 200 epochs, 20,000 cells 2 × 8,
+    a million 2 × 5.
     """
     steps_per_epoch = math.ceil(max(n_cells, 1) / batch_size)
     low, high = FINE_TUNE_EPOCH_BOUNDS
-    return int(min(max(math.ceil(FINE_TUNE_STEPS / steps_per_epoch), low), high))
+    per_phase = min(max(math.ceil(FINE_TUNE_STEPS / steps_per_epoch), low), high)
+    return int(len(PHASES) * per_phase)
+
+
+def phase_epochs(epochs: int) -> list[int]:
+    """``epochs`` split over :data:`PHASES`: the first phase gets the smaller half."""
+    first = epochs // 2
+    return [first, epochs - first]
 
 
 def batch_layers(vae: HierarchicalVAE) -> dict[str, torch.nn.Parameter]:
@@ -133,16 +151,21 @@ class _Thawed:
         self.parameter.requires_grad_(True)
 
 
-def freeze_reference(vae: HierarchicalVAE, n_reference_batches: int) -> list:
+def freeze_reference(vae: HierarchicalVAE, n_reference_batches: int, learning: str = "all") -> list:
     """Freeze every weight but the new batches' columns; returns handles to undo it.
 
-    Call ``handle.remove()`` on each after training. The batch layers get a gradient hook
-    that zeroes the reference columns' gradient; Adam's update of an element whose
-    gradient was always zero is exactly zero, so they do not change at all. The other
-    weights stop requiring gradients (none is computed), but the first: Pyro's parameter
-    store registers it, which makes it require a gradient again, so a hook zeroes it.
+    ``learning="decoder"`` freezes the encoders' new columns as well (the first phase of
+    :data:`PHASES`). Call ``handle.remove()`` on each after training. The batch layers
+    that learn get a gradient hook that zeroes the reference columns' gradient; Adam's
+    update of an element whose gradient was always zero is exactly zero, so they do not
+    change at all. The other weights stop requiring gradients (none is computed), but the
+    first: Pyro's parameter store registers it, which makes it require a gradient again,
+    so a hook zeroes it.
     """
-    layers = {id(p): p for p in batch_layers(vae).values()}
+    learn = batch_layers(vae)
+    if learning == "decoder":
+        learn = {name: p for name, p in learn.items() if name.startswith("x_decoder.")}
+    layers = {id(p): p for p in learn.values()}
     witness = next(vae.parameters())  # see pyro_scvae.training.KnownParams
     handles = []
     for parameter in vae.parameters():
@@ -215,18 +238,24 @@ def map_query(
     members, histories = [reference.module, *reference.extra_members], []
     for index, member in enumerate(members):  # each member of a seed ensemble alike
         module = extend_batches(member, loc[n_reference:], scale[n_reference:])
-        hooks = freeze_reference(module, n_reference) if freeze else []
-        member_config = replace(config, seed=member_seed(seed, index))
         who = f" (member {index + 1} of {len(members)})" if len(members) > 1 else ""
-        try:
-            with warnings.catch_warnings():  # frozen weights are not registered: as meant
-                warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
-                histories.append(
-                    train(module, data, member_config, None, "fine-tuning" + who, threads)
-                )
-        finally:
-            for hook in hooks:
-                hook.remove()
+        phases = []
+        for phase, phase_length in zip(PHASES, phase_epochs(epochs)):
+            if phase == "decoder" or freeze:
+                hooks = freeze_reference(module, n_reference, learning=phase)
+            else:
+                hooks = []
+            phase_config = replace(config, epochs=phase_length, seed=member_seed(seed, index))
+            name = f"fine-tuning{who}, {PHASE_NAMES[phase]}"
+            try:
+                with warnings.catch_warnings():  # frozen weights are not registered: as meant
+                    warnings.filterwarnings("ignore", "(?s).*was not registered in the param store")
+                    phases.append(train(module, data, phase_config, None, name, threads))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        first, rest = phases
+        histories.append(joined(first, len(first.elbo), rest))
         members[index] = module
     history = histories[0]
     mapped = copy.copy(reference)
@@ -245,7 +274,7 @@ def map_query(
         "reference_batches": list(reference.batch_categories),
         "new_batches": new,
         "freeze_reference": bool(freeze),
-        "epochs": len(history.elbo),  # of each member
+        "epochs": len(history.elbo),  # of each member, both phases
         "n_cells": int(len(cells)),
     }
     return mapped

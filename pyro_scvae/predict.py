@@ -69,7 +69,8 @@ def build_parser() -> cli.ArgumentParser:
         "--fine-tune-epochs",
         type=cli.positive_int,
         metavar="N",
-        help="epochs of --fine-tune (default: about 300 gradient steps, 5 to 200 epochs)",
+        help="epochs of --fine-tune, both phases (decoder first, then the encoders too) "
+        "together (default: about 300 gradient steps each, 5 to 200 epochs each)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --fine-tune (default: 0)")
     parser.add_argument(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyro_scvae import InputError, PyroSCVAE, PyroSCVAEWarning
-from pyro_scvae.mapping import batch_layers, fine_tune_epochs
+from pyro_scvae.mapping import batch_layers, fine_tune_epochs, phase_epochs
 from pyro_scvae.simulate import simulate_counts
 
 BATCH_LAYERS = {
@@ -70,6 +70,36 @@ def test_frozen_fine_tuning_changes_only_the_new_batch_columns(reference, cells)
     assert mapped.mapping["new_batches"] == ["batch_2"] and mapped.mapping["epochs"] == 3
 
 
+def test_fine_tuning_trains_the_decoder_first(reference, cells, monkeypatch):
+    """Phase 1: only the decoder's new column learns, the query encoded as the reference
+    encodes it; phase 2: the encoders' new columns learn as well."""
+    import pyro_scvae.mapping as mapping
+
+    _, query = cells
+    initial = {  # a new column starts at the mean of the reference batches' columns
+        name: weight.detach()[:, -2:].mean(1)
+        for name, weight in batch_layers(reference.module).items()
+    }
+    new_columns, real_train = [], mapping.train
+
+    def recording(module, *args, **kwargs):
+        history = real_train(module, *args, **kwargs)
+        new_columns.append({n: w.detach()[:, -1].clone() for n, w in batch_layers(module).items()})
+        return history
+
+    monkeypatch.setattr(mapping, "train", recording)
+    mapped = reference.map_query(query, epochs=4, progress=False, device="cpu")
+    after_decoder, after_all = new_columns
+    for name, column in after_decoder.items():
+        if name.startswith("x_decoder."):
+            assert not torch.allclose(column, initial[name]), "decoder column did not learn"
+        else:
+            assert torch.equal(column, initial[name]), f"{name} learned in the decoder phase"
+    for name in initial:
+        assert not torch.equal(after_all[name], after_decoder[name]), name
+    assert mapped.mapping["epochs"] == 4 and len(mapped.history.elbo) == 4
+
+
 def test_unfrozen_fine_tuning_changes_the_reference_weights(reference, cells):
     _, query = cells
     before = state(reference)
@@ -125,12 +155,14 @@ def test_mapping_needs_new_batches(reference, cells, simulated):
 
 
 def test_fine_tune_epochs_follow_the_query_size():
-    assert fine_tune_epochs(400, 512) == 200  # one step an epoch: capped
-    assert fine_tune_epochs(20_000, 512) == 8  # 40 steps an epoch: ~300 steps
-    assert fine_tune_epochs(1_000_000, 512) == 5  # at least 5 passes
+    """Both phases together: each about 300 steps, 5 to 200 epochs."""
+    assert fine_tune_epochs(400, 512) == 2 * 200  # one step an epoch: capped
+    assert fine_tune_epochs(20_000, 512) == 2 * 8  # 40 steps an epoch: ~300 steps
+    assert fine_tune_epochs(1_000_000, 512) == 2 * 5  # at least 5 passes
     for n in (2_500, 5_000, 7_000):  # between the bounds: 300 steps or one epoch more
         per_epoch = int(np.ceil(n / 128))
-        assert 300 <= fine_tune_epochs(n, 128) * per_epoch < 300 + per_epoch
+        assert 300 <= fine_tune_epochs(n, 128) // 2 * per_epoch < 300 + per_epoch
+    assert phase_epochs(400) == [200, 200] and phase_epochs(3) == [1, 2]
 
 
 def test_predict_command_fine_tunes_and_writes_the_model(reference, cells, tmp_path, capsys):
