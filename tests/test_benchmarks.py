@@ -438,3 +438,49 @@ def test_network_features_end_in_the_classifiers_own_logits(simulated):
     assert (features["classifier_hidden"] >= 0).all()  # after the ReLU
     logits = model._encode(*model._query_arrays(simulated[:50]))[1]
     np.testing.assert_allclose(features["logits"], logits, rtol=1e-5, atol=1e-5)
+
+
+def test_mapping_phases_summary_pairs_each_schedule_with_its_reference(tmp_path, capsys):
+    from benchmarks import mapping_phases
+
+    rows = [
+        {
+            "fold": "T1a",
+            "seed": 0,
+            "setting": "reference",
+            "macro_f1": 0.8,
+            "batch_entropy": 0.8,
+            "ilisi": 0.6,
+        },
+        {
+            "fold": "T1a",
+            "seed": 0,
+            "setting": "both",
+            "macro_f1": 0.9,
+            "batch_entropy": 0.7,
+            "ilisi": 0.5,
+        },
+        {
+            "fold": "T1b",
+            "seed": 0,
+            "setting": "reference",
+            "macro_f1": 0.6,
+            "batch_entropy": 0.6,
+            "ilisi": 0.4,
+        },
+        {
+            "fold": "T1b",
+            "seed": 0,
+            "setting": "both",
+            "macro_f1": 0.6,
+            "batch_entropy": 0.8,
+            "ilisi": 0.5,
+        },
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mapping_phases.summary(path)
+    table = capsys.readouterr().out
+    # both − reference: F1 +0.1 and 0, entropy −0.1 and +0.2, iLISI −0.1 and +0.1
+    assert "| both | 2 | 0.750 (+0.050, 1/2) | 0.750 (+0.050, 1/2) | 0.500 (+0.000, 1/2) |" in table
+    assert set(mapping_phases.VARIANTS["dec1_then_both1"]) == {(1.0, "decoder"), (1.0, "both")}
