@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from pyro_scvae import PyroSCVAE
-from pyro_scvae.criticism import plot_ppc, replicate_counts
+from pyro_scvae.criticism import log_scale, plot_ppc, replicate_counts
 from pyro_scvae.simulate import simulate_counts
 
 #: Small, quick fits: 600 cells × 100 genes, 60 epochs (about 5 s each).
@@ -116,3 +116,22 @@ def test_the_check_is_reproducible_and_leaves_the_random_state(well_specified):
     second = well_specified.posterior_predictive_check(n_samples=3, max_cells=50, seed=1)
     assert first.n_cells == 50
     np.testing.assert_array_equal(first.genes["mean"][1], second.genes["mean"][1])
+
+
+def test_log_axes_drop_minor_ticks_only_where_they_span_decades():
+    """Wide log axes keep the powers of ten (hundreds of minor ticks slowed the PPC figure
+    down); a narrow one keeps its few minor ticks; no minor tick is labelled."""
+    import matplotlib.pyplot as plt
+
+    fig, (wide, narrow) = plt.subplots(1, 2)
+    wide.plot([1e-3, 1e3], [1e-3, 1e3])
+    narrow.plot([300, 3000], [300, 3000])
+    log_scale(wide, "x", "y")
+    log_scale(narrow, "x")
+    fig.canvas.draw()
+    assert len(wide.xaxis.get_minorticklocs()) == len(wide.yaxis.get_minorticklocs()) == 0
+    assert len(wide.xaxis.get_majorticklocs()) >= 6  # 10⁻³ … 10³
+    minor = narrow.xaxis.get_minor_ticks()
+    assert len(narrow.xaxis.get_minorticklocs()) > 0
+    assert all(tick.label1.get_text() == "" for tick in minor)
+    plt.close(fig)
