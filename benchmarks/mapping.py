@@ -78,6 +78,30 @@ def macro_f1(truth, calls) -> float:
     return float(f1_score(truth, calls, average="macro", labels=np.unique(truth)))
 
 
+def split_fold(fold: str, seed: int):
+    """A T1 fold's cells, and copies of its reference (two chemistries) and query (the third)."""
+    adata = build_task(fold, seed).adata
+    is_query = adata.obs["is_query"].to_numpy()
+    return adata, adata[~is_query].copy(), adata[is_query].copy()
+
+
+def scored(model, reference, query) -> dict[str, float]:
+    """The query's calls by ``model`` (macro-F1, accuracy), and the mixing of the reference
+    and query cells as ``model`` encodes both (batch entropy, iLISI)."""
+    truth = query.obs["label"].to_numpy()
+    calls = model.predict(query).to_numpy()
+    joint = np.vstack(
+        [model.get_latent_representation(reference), model.get_latent_representation(query)]
+    )
+    batches = np.r_[reference.obs["batch"].to_numpy(), query.obs["batch"].to_numpy()]
+    return {
+        "macro_f1": macro_f1(truth, calls),
+        "accuracy": float((calls == truth).mean()),
+        "batch_entropy": batch_entropy(joint, batches),
+        "ilisi": ilisi(joint, batches),
+    }
+
+
 def run_fold(
     fold: str, seed: int, epochs: int | None, groups: tuple[str, ...] = ("default",)
 ) -> list[dict]:
@@ -85,31 +109,13 @@ def run_fold(
     ``encoded``: the last two); one row each."""
     from pyro_scvae import PyroSCVAE
 
-    adata = build_task(fold, seed).adata
-    is_query = adata.obs["is_query"].to_numpy()
-    reference, query = adata[~is_query].copy(), adata[is_query].copy()
-    truth = query.obs["label"].to_numpy()
-    batches = np.r_[reference.obs["batch"].to_numpy(), query.obs["batch"].to_numpy()]
+    adata, reference, query = split_fold(fold, seed)
     rows = []
 
     def record(name, model, seconds):
-        """One row: the query's calls by ``model``, and the mixing of the reference and
-        query cells as ``model`` encodes both."""
-        calls = model.predict(query).to_numpy()
-        joint = np.vstack(
-            [model.get_latent_representation(reference), model.get_latent_representation(query)]
-        )
+        scores = scored(model, reference, query)
         rows.append(
-            {
-                "fold": fold,
-                "seed": seed,
-                "setting": name,
-                "macro_f1": macro_f1(truth, calls),
-                "accuracy": float((calls == truth).mean()),
-                "batch_entropy": batch_entropy(joint, batches),
-                "ilisi": ilisi(joint, batches),
-                "seconds": round(seconds, 1),
-            }
+            {"fold": fold, "seed": seed, "setting": name, **scores, "seconds": round(seconds, 1)}
         )
         print(json.dumps(rows[-1]), flush=True)
 
@@ -118,7 +124,7 @@ def run_fold(
         warnings.simplefilter("ignore")  # the unseen-batch warning is expected here
         if "default" in groups:
             both = adata.copy()
-            both.obs["training_label"] = both.obs["label"].where(~is_query)
+            both.obs["training_label"] = both.obs["label"].where(~both.obs["is_query"])
             PyroSCVAE.setup_anndata(both, labels_key="training_label", batch_key="batch")
             start = time.perf_counter()
             model = PyroSCVAE(both, seed=seed).fit(**fit)

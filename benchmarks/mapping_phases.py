@@ -33,8 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyro_scvae.mapping as mapping  # noqa: E402
-from benchmarks.mapping import batch_entropy, ilisi, macro_f1  # noqa: E402
-from benchmarks.tasks import build_task  # noqa: E402
+from benchmarks.mapping import scored, split_fold  # noqa: E402
 
 #: Schedule name → stages (fraction of the default fine-tuning epochs, what learns).
 VARIANTS = {
@@ -86,27 +85,11 @@ def run_fold(fold: str, seed: int, variants: list[str], out: Path) -> None:
     """The reference of one fold and seed, then each schedule from it; rows to ``out``."""
     from pyro_scvae import PyroSCVAE
 
-    adata = build_task(fold, seed).adata
-    is_query = adata.obs["is_query"].to_numpy()
-    reference, query = adata[~is_query].copy(), adata[is_query].copy()
-    truth = query.obs["label"].to_numpy()
-    batches = np.r_[reference.obs["batch"].to_numpy(), query.obs["batch"].to_numpy()]
+    _, reference, query = split_fold(fold, seed)
 
     def record(name, model, seconds):
-        calls = model.predict(query).to_numpy()
-        joint = np.vstack(
-            [model.get_latent_representation(reference), model.get_latent_representation(query)]
-        )
-        row = {
-            "fold": fold,
-            "seed": seed,
-            "setting": name,
-            "macro_f1": macro_f1(truth, calls),
-            "accuracy": float((calls == truth).mean()),
-            "batch_entropy": batch_entropy(joint, batches),
-            "ilisi": ilisi(joint, batches),
-            "seconds": round(seconds, 1),
-        }
+        scores = scored(model, reference, query)
+        row = {"fold": fold, "seed": seed, "setting": name, **scores, "seconds": round(seconds, 1)}
         print(json.dumps(row), flush=True)
         with open(out, "a") as file:
             file.write(json.dumps(row) + "\n")

@@ -11,11 +11,9 @@ one process, so the ratio holds on a busy machine. Prints CPU seconds per figure
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import matplotlib
@@ -26,25 +24,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyro_scvae.criticism as current  # noqa: E402
+from benchmarks.zinb_ab import module_at  # noqa: E402
 from pyro_scvae import PyroSCVAE  # noqa: E402
 from pyro_scvae.data import load_pbmc68k_counts  # noqa: E402
-
-REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-def criticism_at(commit: str) -> types.ModuleType:
-    """``pyro_scvae/criticism.py`` as it was at ``commit``, loaded as a module of its own."""
-    source = subprocess.run(
-        ["git", "show", f"{commit}:pyro_scvae/criticism.py"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    module = types.ModuleType(f"criticism_{commit}")
-    sys.modules[module.__name__] = module  # its dataclasses look themselves up there
-    exec(compile(source, f"{commit}:criticism.py", "exec"), module.__dict__)
-    return module
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = PyroSCVAE.load(args.model, device="cpu")
     check = model.posterior_predictive_check(load_pbmc68k_counts())
-    versions = {args.reference: criticism_at(args.reference), "working tree": current}
+    before = module_at(args.reference, "pyro_scvae/criticism.py")
+    versions = {args.reference: before, "working tree": current}
     seconds: dict[str, list[float]] = {name: [] for name in versions}
     with tempfile.TemporaryDirectory() as folder:
         for rep in range(args.reps + 1):  # the first round warms up and is not counted

@@ -39,19 +39,28 @@ from pyro_scvae.training import Stepper
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def reference_zinb(reference: str) -> tuple[object, float]:
-    """``(log_zinb_sparse, SPARSE_DENSITY)`` of the reference: a commit, or ``scvi``."""
-    if reference == "scvi":
-        return distributions.log_zinb_sparse, 0.0  # never sparse: scvi's function
+def module_at(commit: str, path: str) -> types.ModuleType:
+    """The file ``path`` of the repository as it was at ``commit``, loaded as a module of
+    its own beside the working tree's (registered in ``sys.modules``, where dataclasses
+    look their module up)."""
     source = subprocess.run(
-        ["git", "show", f"{reference}:pyro_scvae/distributions.py"],
+        ["git", "show", f"{commit}:{path}"],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    module = types.ModuleType(f"distributions_{reference}")
-    exec(compile(source, f"{reference}:distributions.py", "exec"), module.__dict__)
+    module = types.ModuleType(f"{Path(path).stem}_{commit}")
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"{commit}:{path}", "exec"), module.__dict__)
+    return module
+
+
+def reference_zinb(reference: str) -> tuple[object, float]:
+    """``(log_zinb_sparse, SPARSE_DENSITY)`` of the reference: a commit, or ``scvi``."""
+    if reference == "scvi":
+        return distributions.log_zinb_sparse, 0.0  # never sparse: scvi's function
+    module = module_at(reference, "pyro_scvae/distributions.py")
     return module.log_zinb_sparse, module.SPARSE_DENSITY
 
 
