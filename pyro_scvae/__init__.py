@@ -1,14 +1,15 @@
 """pyro_scvae: cell-type annotation of single-cell RNA-seq with a hierarchical VAE in Pyro.
 
-``PyroSCVAE`` and ``load_pbmc68k_counts`` are imported on first use, so that the command
-lines (``python -m pyro_scvae.fit``) can parse their options before torch is loaded.
+``PyroSCVAE``, ``load_pbmc68k_counts`` and ``select_genes`` are imported on first use, so
+that the command lines (``python -m pyro_scvae.fit``) can parse their options before torch
+is loaded.
 """
 
 from __future__ import annotations
 
 from pyro_scvae.errors import InputError, PyroSCVAEWarning
 
-__all__ = ["InputError", "PyroSCVAE", "PyroSCVAEWarning", "load_pbmc68k_counts"]
+__all__ = ["InputError", "PyroSCVAE", "PyroSCVAEWarning", "load_pbmc68k_counts", "select_genes"]
 __version__ = "0.1.0"
 
 
@@ -21,4 +22,8 @@ def __getattr__(name: str):
         from pyro_scvae.data import load_pbmc68k_counts
 
         return load_pbmc68k_counts
+    if name == "select_genes":
+        from pyro_scvae.preprocess import select_genes
+
+        return select_genes
     raise AttributeError(f"module 'pyro_scvae' has no attribute {name!r}")

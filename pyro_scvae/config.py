@@ -185,6 +185,9 @@ class TrainingConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+#: Share of the gene budget (``--n-top-genes``) given to markers of the labelled types
+#: (:mod:`pyro_scvae.panel`); the rest are the most variable genes.
+MARKER_SHARE = 0.5
 #: The most members of a seed ensemble that the command line fits and a saved model may hold.
 MAX_ENSEMBLE = 100
 REFIT_MODES = ("full", "continue", "none")

@@ -438,15 +438,22 @@ def take_rows(
 def seurat_v3_genes(
     counts: sp.csr_matrix | BackedCounts, n_top_genes: int, span: float = 0.3
 ) -> np.ndarray:
-    """Highly variable genes by scanpy's ``flavor="seurat_v3"`` (one batch), in chunks.
+    """Boolean mask ``[genes]`` of the ``n_top_genes`` most variable genes.
+
+    The genes of :func:`seurat_v3_ranks` below ``n_top_genes``.
+    """
+    return seurat_v3_ranks(counts, span) < n_top_genes
+
+
+def seurat_v3_ranks(counts: sp.csr_matrix | BackedCounts, span: float = 0.3) -> np.ndarray:
+    """Rank of every gene by scanpy's ``flavor="seurat_v3"`` variability (one batch), in chunks.
 
     The same computation as ``scanpy.pp.highly_variable_genes(..., flavor="seurat_v3")``
     without a batch key: per-gene mean and variance of the counts, a loess fit of
     log variance on log mean, and the variance of the counts standardised by the
     fitted trend and clipped at √n; but it makes two passes over the rows in chunks
-    of :data:`CHUNK_ROWS`, so it also works on a matrix on disk. Returns a boolean
-    mask ``[genes]`` of the ``n_top_genes`` genes with the largest standardised
-    variance.
+    of :data:`CHUNK_ROWS`, so it also works on a matrix on disk. Returns the ranks
+    ``[genes]``, 0 for the gene with the largest standardised variance.
     """
     from skmisc.loess import loess
 
@@ -474,8 +481,7 @@ def seurat_v3_genes(
         clipped_squares += np.bincount(chunk.indices, weights=values**2, minlength=n_genes)
     residual = n_cells * np.square(mean) + clipped_squares - 2 * clipped_sums * mean  # [G]
     norm_variance = residual / ((n_cells - 1) * np.square(reg_std))  # [G]
-    ranks = np.argsort(np.argsort(-norm_variance))  # [G], 0 = most variable
-    return ranks < n_top_genes
+    return np.argsort(np.argsort(-norm_variance))  # [G], 0 = most variable
 
 
 def row_chunks(counts: sp.csr_matrix | BackedCounts) -> Iterator[sp.csr_matrix]:

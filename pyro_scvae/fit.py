@@ -15,6 +15,7 @@ from pathlib import Path
 from pyro_scvae import cli
 from pyro_scvae.config import (
     LR_SCHEDULES,
+    MARKER_SHARE,
     MAX_ENSEMBLE,
     REFIT_MODES,
     ModelConfig,
@@ -90,8 +91,17 @@ def build_parser() -> cli.ArgumentParser:
         "--n-top-genes",
         type=cli.non_negative_int,
         default=2000,
-        help="keep this many highly variable genes, chosen on the counts with "
-        "scanpy (seurat_v3); 0 keeps all genes (default: 2000)",
+        help="keep this many highly variable genes, chosen on the counts with scanpy "
+        "(seurat_v3), and the markers of the labelled types (--marker-share); 0 keeps all "
+        "genes (default: 2000)",
+    )
+    data.add_argument(
+        "--marker-share",
+        type=cli.fraction,
+        default=MARKER_SHARE,
+        help="also keep the genes that best tell each labelled type from the others (a "
+        "t-test), as many per type, up to this share of --n-top-genes in all; 0: the most "
+        f"variable genes only (default: {MARKER_SHARE})",
     )
     data.add_argument(
         "--query", metavar="PATH", help="a second .h5ad file to annotate with the trained model"
@@ -335,10 +345,14 @@ def run(args) -> None:
     output_cells = None  # backed: the cells written to the outputs (those with counts)
     if adata.isbacked:
         output_cells = nonempty_cells(adata, None)
-        training_adata = backed_training_subset(adata, args.n_top_genes, output_cells)
+        training_adata = backed_training_subset(
+            adata, args.n_top_genes, output_cells, args.marker_share
+        )
     else:
-        training_adata = select_genes(adata, args.n_top_genes, args.layer)
+        training_adata = select_genes(adata, args.n_top_genes, args.layer, args.marker_share)
         training_adata = drop_empty_cells(training_adata, args.layer)
+    variable = args.n_top_genes if 0 < args.n_top_genes < adata.n_vars else adata.n_vars
+    markers_added = training_adata.n_vars - variable  # markers not among the variable genes
     query, query_cells = None, None
     if args.query is not None:  # its counts are checked here, before training
         query = read_adata(args.query, backed=args.backed)
@@ -377,6 +391,7 @@ def run(args) -> None:
             "labels_key": labels_key,
             "epochs": epochs,
             "n_genes_used": training_adata.n_vars,
+            "n_marker_genes_added": markers_added,
         }
     )
     with atomic_output_dir(args.out, "fit", inputs) as out:
@@ -394,7 +409,7 @@ def run(args) -> None:
                 majority_voting=args.majority_voting,
             )
     if not args.quiet:
-        print_summary(model, metrics, training_adata, Path(args.out))
+        print_summary(model, metrics, training_adata, Path(args.out), markers_added)
 
 
 def main(argv: list[str] | None = None) -> int:

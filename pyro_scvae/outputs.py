@@ -274,9 +274,13 @@ def threads_note(summary: dict | None) -> str:
     return f", {counts} thread" + ("" if counts == "1" else "s")
 
 
-def print_summary(model: PyroSCVAE, metrics: dict, adata: ad.AnnData, out: Path) -> None:
+def print_summary(
+    model: PyroSCVAE, metrics: dict, adata: ad.AnnData, out: Path, markers_added: int = 0
+) -> None:
+    markers = f" ({markers_added} of them markers of the labelled types)" if markers_added else ""
     lines = [
-        f"trained on {adata.n_obs} cells × {adata.n_vars} genes, {len(model.classes)} classes, "
+        f"trained on {adata.n_obs} cells × {adata.n_vars} genes{markers}, "
+        f"{len(model.classes)} classes, "
         f"{metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
         f"({metrics['cells_per_second']:.0f} cells/s{threads_note(metrics['threads'])})",
         f"final ELBO per cell: {metrics['final_elbo_per_cell']:.1f}",

@@ -14,15 +14,17 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 
-from pyro_scvae.api import PyroSCVAE
+from pyro_scvae.api import SETUP_KEY, PyroSCVAE
+from pyro_scvae.config import MARKER_SHARE
 from pyro_scvae.data import (
     BackedCounts,
     cell_totals,
     gene_selection,
     load_pbmc68k_counts,
-    seurat_v3_genes,
+    seurat_v3_ranks,
 )
 from pyro_scvae.errors import InputError, PyroSCVAEWarning
+from pyro_scvae.panel import gene_panel, label_codes, markers_per_type, type_markers
 
 #: The labels of the embedded pbmc68k_reduced data, used when ``--adata`` is not given.
 DEFAULT_LABELS_KEY = "bulk_labels"
@@ -102,25 +104,25 @@ def load_training_data(args) -> tuple[ad.AnnData, str]:
 
 
 def backed_training_subset(
-    adata: ad.AnnData, n_top_genes: int, cells_with_counts: np.ndarray
+    adata: ad.AnnData, n_top_genes: int, cells_with_counts: np.ndarray, marker_share: float = 0.0
 ) -> ad.AnnData:
     """The cells and genes to train on, as one view of a backed AnnData (kept on disk).
 
     The same choice as :func:`select_genes` then :func:`drop_empty_cells` in memory,
-    with the highly variable genes from :func:`~pyro_scvae.data.seurat_v3_genes` (the
-    seurat_v3 computation in chunks). ``cells_with_counts`` is :func:`nonempty_cells`
-    of ``adata``, computed once by the caller, which also leaves the other cells out of
-    the outputs. anndata allows only one level of view of a backed AnnData, so cells and
-    genes are chosen first and the view taken once.
+    with the variability ranks from :func:`~pyro_scvae.data.seurat_v3_ranks` (the
+    seurat_v3 computation in chunks) and markers from labelled cells read from disk.
+    ``cells_with_counts`` is :func:`nonempty_cells` of ``adata``, computed once by the
+    caller, which also leaves the other cells out of the outputs. anndata allows only one
+    level of view of a backed AnnData, so cells and genes are chosen first and the view
+    taken once.
     """
     counts = BackedCounts.from_adata(adata)  # checked by nonempty_cells already
     cells = cells_with_counts.copy()  # [cells]
     genes = np.ones(adata.n_vars, dtype=bool)  # [genes]
     if 0 < n_top_genes < adata.n_vars:
         subset = counts.subset(cells)
-        genes = with_wider_spans(
-            lambda span: seurat_v3_genes(subset, n_top_genes, span), n_top_genes
-        )
+        ranks = with_wider_spans(lambda span: seurat_v3_ranks(subset, span), n_top_genes)
+        genes = training_genes(subset, label_codes(adata)[cells], ranks, n_top_genes, marker_share)
         selected = counts.select_genes(gene_selection(adata.var_names, adata.var_names[genes]))
         cells &= np.asarray(selected.sum(axis=1)).ravel() > 0
     emptied = int((cells != cells_with_counts).sum())  # cells with counts, none in these genes
@@ -136,12 +138,31 @@ def backed_training_subset(
     return adata[np.flatnonzero(cells), np.flatnonzero(genes)]
 
 
-def select_genes(adata: ad.AnnData, n_top_genes: int, layer: str | None) -> ad.AnnData:
-    """The ``n_top_genes`` most variable genes (scanpy's seurat_v3 on counts), or all."""
+def select_genes(
+    adata: ad.AnnData,
+    n_top_genes: int = 2000,
+    layer: str | None = None,
+    marker_share: float = MARKER_SHARE,
+) -> ad.AnnData:
+    """The genes to train on, as ``python -m pyro_scvae.fit`` chooses them.
+
+    Returns a copy of ``adata`` with those genes, or ``adata`` itself when all are kept.
+
+    The ``n_top_genes`` most variable genes (scanpy's seurat_v3 on the counts) and the
+    best markers of each labelled type (:func:`training_genes`); all genes when
+    ``n_top_genes`` is 0 or at least the number of genes. The labels and the counts'
+    layer are those registered by ``PyroSCVAE.setup_anndata`` (without it: no markers,
+    and ``layer`` or ``.X``)::
+
+        PyroSCVAE.setup_anndata(adata, labels_key="cell_type")
+        adata = pyro_scvae.select_genes(adata)  # then PyroSCVAE(adata)
+    """
+    setup = adata.uns.get(SETUP_KEY) or {}
+    layer = layer if layer is not None else setup.get("layer")
     if n_top_genes == 0 or n_top_genes >= adata.n_vars:
         return adata
 
-    def choose(span: float) -> np.ndarray:
+    def ranks(span: float) -> np.ndarray:
         ranking = sc.pp.highly_variable_genes(
             adata,
             n_top_genes=n_top_genes,
@@ -150,9 +171,36 @@ def select_genes(adata: ad.AnnData, n_top_genes: int, layer: str | None) -> ad.A
             span=span,
             inplace=False,
         )
-        return ranking["highly_variable"].to_numpy()
+        rank = ranking["highly_variable_rank"].to_numpy(dtype=np.float64)  # NaN past the top
+        return np.where(np.isnan(rank), np.inf, rank)
 
-    return adata[:, with_wider_spans(choose, n_top_genes)].copy()
+    variability = with_wider_spans(ranks, n_top_genes)
+    counts = adata.X if layer is None else adata.layers[layer]
+    genes = training_genes(counts, label_codes(adata), variability, n_top_genes, marker_share)
+    return adata[:, genes].copy()
+
+
+def training_genes(
+    counts,
+    labels: np.ndarray,
+    variability_ranks: np.ndarray,
+    n_top_genes: int,
+    marker_share: float,
+) -> np.ndarray:
+    """Mask ``[genes]``: the ``n_top_genes`` most variable genes and the types' markers.
+
+    ``ceil(marker_share · n_top_genes / types)`` markers of each labelled type
+    (:func:`~pyro_scvae.panel.type_markers`) join the most variable genes
+    (:func:`~pyro_scvae.panel.gene_panel`), so at most ``marker_share · n_top_genes``
+    genes (plus one per type) are added. ``marker_share`` 0, or fewer than two labelled
+    types, gives the ``n_top_genes`` most variable genes.
+    """
+    n_types = len(np.unique(labels[labels >= 0]))
+    per_type = markers_per_type(n_top_genes, n_types, marker_share)
+    markers = np.zeros(len(variability_ranks), dtype=bool)
+    if per_type:
+        markers = type_markers(counts, labels, per_type)
+    return gene_panel(variability_ranks, markers, n_top_genes)
 
 
 #: Spans of seurat_v3's loess trend tried in turn: scanpy's default, then wider ones.

@@ -66,6 +66,8 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
             "counts",
             "--n-top-genes",
             "40",
+            "--marker-share",
+            "0.25",
             "--n-latent",
             "8",
             "--n-hidden",
@@ -143,7 +145,11 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     assert saved["model"]["balance_classes"] == 0.5
     assert saved["model"]["class_prior"] == "frequencies"
     assert saved["training"]["kl_warmup"] == 0.25 and saved["training"]["epochs"] == 3
-    assert annotated.uns["pyro_scvae"]["n_genes_used"] == 40
+    # the 40 most variable genes and up to ceil(0.25 · 40 / 3) = 4 markers of each type
+    n_genes_used = annotated.uns["pyro_scvae"]["n_genes_used"]
+    assert annotated.uns["pyro_scvae"]["marker_share"] == 0.25 and 40 < n_genes_used <= 52
+    assert annotated.uns["pyro_scvae"]["n_marker_genes_added"] == n_genes_used - 40
+    assert f"× {n_genes_used} genes ({n_genes_used - 40} of them markers" in stdout
     # the threshold is the median of the reference cells' out-of-fold scores (default 0.98)
     assert saved["novelty"]["quantile"] == 0.5
     assert 0.2 < predictions["novel"].mean() < 0.9
@@ -151,7 +157,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     # 3 epochs with 30 % of the labels held out, then from the best of them 3 more (the
     # patience) with every label
-    assert metrics["epochs_trained"] == 6 and metrics["n_genes"] == 40
+    assert metrics["epochs_trained"] == 6 and metrics["n_genes"] == n_genes_used
     assert metrics["epochs"] == metrics["selection"]["best_epoch"] + 3
     assert metrics["cells_per_second"] > 0 and metrics["train_seconds"] > 0
     assert np.isfinite(metrics["final_elbo_per_cell"])
@@ -167,7 +173,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
         "batch_0",
         "batch_1",
     ]
-    assert len(config["genes"]) == 40
+    assert len(config["genes"]) == n_genes_used
     for png in ("elbo.png", "confusion.png", "umap.png"):
         assert (out / png).stat().st_size > 10_000
     query_predictions = pd.read_csv(out / "query" / "predictions.csv", index_col="cell")

@@ -669,6 +669,7 @@ def test_fit_on_the_real_subset_where_loess_fails(pbmc_subset, tmp_path, capsys)
     path = tmp_path / "subset.h5ad"
     pbmc_subset.write_h5ad(path)
     args = ["--adata", str(path), "--labels-key", "cell_type", "--n-top-genes", "1000"]
+    args += ["--marker-share", "0"]  # the 1000 variable genes only
     status, err = run(fit.main, [*args, "--out", str(tmp_path / "o"), *FAST], capsys)
     assert status == 0, err
     assert err == [
