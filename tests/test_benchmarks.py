@@ -161,6 +161,9 @@ def test_task_structure(name):
         assert set(adata.obs.loc[~is_query, "batch"]) == {"indrop"}
     if name == "T7":
         assert adata.obs["batch"].nunique() == 10 and len(train_labels) == 8
+    if name == "T8":  # a fifth of each sorted population is annotated
+        assert adata.n_vars == 8846 and len(train_labels) == 7
+        assert (adata.obs["label"][is_query].value_counts() == 100).all()
 
 
 def test_zinb_ab_times_both_variants_and_restores_the_working_tree_s(capsys):
@@ -484,3 +487,18 @@ def test_mapping_phases_summary_pairs_each_schedule_with_its_reference(tmp_path,
     # both − reference: F1 +0.1 and 0, entropy −0.1 and +0.2, iLISI −0.1 and +0.1
     assert "| both | 2 | 0.750 (+0.050, 1/2) | 0.750 (+0.050, 1/2) | 0.500 (+0.000, 1/2) |" in table
     assert set(mapping_phases.VARIANTS["dec1_then_both1"]) == {(1.0, "decoder"), (1.0, "both")}
+
+
+def test_gene_panels_compares_four_panels_on_one_task(capsys, monkeypatch):
+    """benchmarks/gene_panels.py on T4: markers join the 300 variable genes, or fill half."""
+    from benchmarks import gene_panels
+
+    monkeypatch.setattr(sys, "argv", ["gene_panels.py", "--tasks", "T4@300", "--seeds", "0"])
+    gene_panels.main()
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["T4", "300", "0"]
+    f1s = [float(c.split()[0]) for c in cells[3:]]
+    sizes = [int(c.split("(")[1].rstrip(")")) for c in cells[3:]]
+    assert sizes[0] == 765 and sizes[1] == sizes[3] == 300 and sizes[2] > 300
+    assert all(0.3 < f1 <= 1.0 for f1 in f1s)
