@@ -5,7 +5,7 @@ that tell two close types apart (naive from memory CD4 T cells) are often not am
 them. Adding the best markers of each labelled type (a t-test of each type against the
 others, scanpy's ``rank_genes_groups``) to the 2,000 most variable of 8,846 genes lifted
 macro-F1 on a within-study split of FACS-sorted PBMC from 0.92 to 0.96, with about 300
-more genes (``benchmarks/genes_study.md``).
+more genes (``benchmarks/cli_study.md``).
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def gene_panel(variability_ranks: np.ndarray, markers: np.ndarray, n_top_genes: 
     0 = most variable, ``inf`` for genes not ranked) and every marker. The markers join
     the variable genes rather than replace the least variable of them: on the
     cross-technology task (T6, 500 of 1,000 genes) replacing them lowered accuracy on
-    both seeds tried (0.671 → 0.614, 0.679 → 0.579), joining them did not (0.686, 0.679).
+    both seeds tried (0.671 → 0.614, 0.679 → 0.579); joining them raised it on two seeds
+    of three (``benchmarks/cli_study.md``).
     """
     return (variability_ranks < n_top_genes) | markers
