@@ -23,13 +23,16 @@ from benchmarks.report import write_results
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One results dict: the runs and throughput of every part, the meta of the first.
 
-    The commands of all parts are kept; seeds, tasks and methods are their unions;
-    ``scvi_epochs`` is taken from whichever part set it.
+    The commands of all parts are kept; seeds, tasks, methods and task descriptions are
+    their unions; ``scvi_epochs`` is taken from whichever part set it.
     """
     meta = dict(parts[0]["meta"])
     meta["command"] = " ; ".join(part["meta"]["command"] for part in parts)
     for key in ("seeds", "tasks", "methods"):
         meta[key] = sorted({value for part in parts for value in part["meta"][key]}, key=str)
+    meta["task_descriptions"] = {  # a task run in a later part only is described there
+        task: text for part in parts for task, text in part["meta"]["task_descriptions"].items()
+    }
     meta["scvi_epochs"] = next(
         (p["meta"].get("scvi_epochs") for p in parts if p["meta"].get("scvi_epochs")), None
     )

@@ -502,3 +502,17 @@ def test_gene_panels_compares_four_panels_on_one_task(capsys, monkeypatch):
     sizes = [int(c.split("(")[1].rstrip(")")) for c in cells[3:]]
     assert sizes[0] == 765 and sizes[1] == sizes[3] == 300 and sizes[2] > 300
     assert all(0.3 < f1 <= 1.0 for f1 in f1s)
+
+
+def test_merge_keeps_every_parts_tasks_and_their_descriptions():
+    from benchmarks.merge import merge
+
+    def part(task, method):
+        meta = {"command": f"run {task}", "seeds": [0], "tasks": [task], "methods": [method]}
+        meta |= {"task_descriptions": {task: f"about {task}"}, "throughput": None}
+        return {"meta": meta, "runs": [{"task": task, "method": method}], "throughput": []}
+
+    merged = merge([part("T7", "logreg"), part("T8", "pyro_scvae_cli")])
+    assert merged["meta"]["tasks"] == ["T7", "T8"]
+    assert merged["meta"]["task_descriptions"] == {"T7": "about T7", "T8": "about T8"}
+    assert merged["meta"]["command"] == "run T7 ; run T8" and len(merged["runs"]) == 2
