@@ -185,8 +185,8 @@ class TrainingConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
-#: Share of the gene budget (``--n-top-genes``) given to markers of the labelled types
-#: (:mod:`pyro_scvae.panel`); the rest are the most variable genes.
+#: Markers of the labelled types kept beside the ``--n-top-genes`` most variable genes, as a
+#: share of ``--n-top-genes``: ``ceil(share · N / types)`` per type (:mod:`pyro_scvae.panel`).
 MARKER_SHARE = 0.5
 #: The most members of a seed ensemble that the command line fits and a saved model may hold.
 MAX_ENSEMBLE = 100

@@ -30,12 +30,11 @@ def markers_per_type(n_top_genes: int, n_types: int, share: float) -> int:
     return math.ceil(share * n_top_genes / n_types)
 
 
-def type_markers(
-    counts: sp.csr_matrix, labels: np.ndarray, per_type: int, seed: int = 0
-) -> np.ndarray:
+def type_markers(counts, labels: np.ndarray, per_type: int, seed: int = 0) -> np.ndarray:
     """Boolean mask ``[genes]`` of the ``per_type`` best markers of every labelled type.
 
-    ``counts`` are raw counts ``[cells, genes]`` and ``labels`` their class codes
+    ``counts`` are raw counts ``[cells, genes]`` (sparse, dense, or a
+    :class:`~pyro_scvae.data.BackedCounts` on disk) and ``labels`` their class codes
     ``[cells]``, -1 where unlabelled. Each type with at least two labelled cells is tested
     against all other labelled cells (Welch's t-test on log1p of counts per 10,000, scanpy's
     ``rank_genes_groups``), on at most :data:`MAX_CELLS_PER_TYPE` cells of each type; its

@@ -13,6 +13,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import scanpy as sc
+import scipy.sparse as sp
 
 from pyro_scvae.api import SETUP_KEY, PyroSCVAE
 from pyro_scvae.config import MARKER_SHARE
@@ -181,7 +182,7 @@ def select_genes(
 
 
 def training_genes(
-    counts,
+    counts: sp.spmatrix | np.ndarray | BackedCounts,
     labels: np.ndarray,
     variability_ranks: np.ndarray,
     n_top_genes: int,
