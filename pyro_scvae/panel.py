@@ -47,13 +47,13 @@ def type_markers(counts, labels: np.ndarray, per_type: int, seed: int = 0) -> np
         if len(members) > MAX_CELLS_PER_TYPE:
             members = np.sort(rng.choice(members, MAX_CELLS_PER_TYPE, replace=False))
         rows.append(members)
-    codes = labels[np.concatenate(rows)] if rows else labels[:0]  # [cells tested]
+    chosen = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)  # [cells tested]
+    codes = labels[chosen]  # [cells tested]
     sizes = pd.Series(codes).value_counts()
     tested = sorted(str(c) for c in sizes.index[sizes >= 2])
     mask = np.zeros(counts.shape[1], dtype=bool)
     if per_type <= 0 or len(tested) < 2:
         return mask
-    chosen = np.concatenate(rows)  # [cells tested]
     cells = ad.AnnData(
         X=sp.csr_matrix(counts[chosen], dtype=np.float32),
         obs=pd.DataFrame({"type": pd.Categorical(codes.astype(str))}, index=chosen.astype(str)),
