@@ -572,7 +572,8 @@ def fit_predict_pyro_scvae_cli(
     proba = table.filter(like="prob:").rename(columns=lambda c: c[len("prob:") :])
     proba.index = proba.index.astype(str)
     info["epochs"] = metrics.get("epochs")
-    info["fit_metrics"] = {k: metrics[k] for k in ("train_seconds", "n_genes") if k in metrics}
+    kept = ("train_seconds", "n_genes", "temperature")
+    info["fit_metrics"] = {k: metrics[k] for k in kept if k in metrics}
     return proba.loc[data.obs_names[query]], info
 
 

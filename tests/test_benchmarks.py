@@ -516,3 +516,19 @@ def test_merge_keeps_every_parts_tasks_and_their_descriptions():
     assert merged["meta"]["tasks"] == ["T7", "T8"]
     assert merged["meta"]["task_descriptions"] == {"T7": "about T7", "T8": "about T8"}
     assert merged["meta"]["command"] == "run T7 ; run T8" and len(merged["runs"]) == 2
+
+
+def test_label_shift_em_recovers_the_query_class_shares():
+    from benchmarks.cli_calibration import label_shift
+
+    # Two classes, calibrated posteriors under equal shares; the query holds 80 % class 0.
+    rng = np.random.default_rng(0)
+    classes = (rng.random(4000) < 0.2).astype(int)
+    x = rng.normal(loc=classes * 1.5, scale=1.0)  # overlapping: the shift moves calls
+    odds = np.exp(1.5 * x - 1.125)  # p(x | 1) / p(x | 0) for unit-variance normals
+    uniform = np.stack([1 / (1 + odds), odds / (1 + odds)], axis=1)
+    shifted = label_shift(uniform)
+    assert abs(shifted.mean(axis=0)[0] - 0.8) < 0.03
+    # Re-weighting by the recovered shares calls more cells class 0, and more rightly.
+    assert (shifted.argmax(1) == 0).sum() > (uniform.argmax(1) == 0).sum()
+    assert (shifted.argmax(1) == classes).mean() > (uniform.argmax(1) == classes).mean()
