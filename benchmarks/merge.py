@@ -24,7 +24,9 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One results dict: the runs and throughput of every part, the meta of the first.
 
     The commands of all parts are kept; seeds, tasks, methods and task descriptions are
-    their unions; ``scvi_epochs`` is taken from whichever part set it.
+    their unions; ``scvi_epochs`` is taken from whichever part set it. A run of a (task,
+    method, seed) that an earlier part also holds replaces it: a rerun of a changed
+    default is listed after the run it updates.
     """
     meta = dict(parts[0]["meta"])
     meta["command"] = " ; ".join(part["meta"]["command"] for part in parts)
@@ -40,9 +42,13 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     meta["throughput"] = next(
         (p["meta"]["throughput"] for p in parts if p["meta"]["throughput"]), None
     )
+    runs: dict[tuple, dict[str, Any]] = {}
+    for part in parts:
+        for run in part["runs"]:
+            runs[(run["task"], run["method"], run["seed"])] = run  # a later part's rerun wins
     return {
         "meta": meta,
-        "runs": [run for part in parts for run in part["runs"]],
+        "runs": list(runs.values()),
         "throughput": [row for part in parts for row in part["throughput"]],
     }
 

@@ -507,15 +507,19 @@ def test_gene_panels_compares_four_panels_on_one_task(capsys, monkeypatch):
 def test_merge_keeps_every_parts_tasks_and_their_descriptions():
     from benchmarks.merge import merge
 
-    def part(task, method):
+    def part(task, method, f1=0.5):
         meta = {"command": f"run {task}", "seeds": [0], "tasks": [task], "methods": [method]}
         meta |= {"task_descriptions": {task: f"about {task}"}, "throughput": None}
-        return {"meta": meta, "runs": [{"task": task, "method": method}], "throughput": []}
+        run = {"task": task, "method": method, "seed": 0, "macro_f1": f1}
+        return {"meta": meta, "runs": [run], "throughput": []}
 
     merged = merge([part("T7", "logreg"), part("T8", "pyro_scvae_cli")])
     assert merged["meta"]["tasks"] == ["T7", "T8"]
     assert merged["meta"]["task_descriptions"] == {"T7": "about T7", "T8": "about T8"}
     assert merged["meta"]["command"] == "run T7 ; run T8" and len(merged["runs"]) == 2
+    # A later part's rerun of the same (task, method, seed) replaces the earlier run.
+    merged = merge([part("T7", "logreg", 0.5), part("T8", "logreg"), part("T7", "logreg", 0.9)])
+    assert [(r["task"], r["macro_f1"]) for r in merged["runs"]] == [("T7", 0.9), ("T8", 0.5)]
 
 
 def test_label_shift_em_recovers_the_query_class_shares():
