@@ -40,6 +40,9 @@ def type_markers(counts, labels: np.ndarray, per_type: int, seed: int = 0) -> np
     ``rank_genes_groups``), on at most :data:`MAX_CELLS_PER_TYPE` cells of each type; its
     ``per_type`` highest-scoring genes are markers. Fewer than two such types: no markers.
     """
+    mask = np.zeros(counts.shape[1], dtype=bool)
+    if per_type <= 0:
+        return mask
     rng = np.random.default_rng(seed)
     rows = []
     for code in np.unique(labels[labels >= 0]):
@@ -51,8 +54,7 @@ def type_markers(counts, labels: np.ndarray, per_type: int, seed: int = 0) -> np
     codes = labels[chosen]  # [cells tested]
     sizes = pd.Series(codes).value_counts()
     tested = sorted(str(c) for c in sizes.index[sizes >= 2])
-    mask = np.zeros(counts.shape[1], dtype=bool)
-    if per_type <= 0 or len(tested) < 2:
+    if len(tested) < 2:
         return mask
     cells = ad.AnnData(
         X=sp.csr_matrix(counts[chosen], dtype=np.float32),
@@ -83,15 +85,15 @@ def label_codes(adata: ad.AnnData) -> np.ndarray:
     All -1 where ``adata`` was not set up (then there are no markers to choose).
     """
     from pyro_scvae.api import SETUP_KEY
-    from pyro_scvae.data import unlabelled
+    from pyro_scvae.data import encode_labels
+    from pyro_scvae.errors import PyroSCVAEWarning
 
-    codes = np.full(adata.n_obs, -1, dtype=np.int64)
     setup = adata.uns.get(SETUP_KEY)
     if not setup:
-        return codes
-    labels = adata.obs[setup["labels_key"]]
-    known = ~unlabelled(labels, setup.get("unlabeled_category"))
-    codes[known] = pd.factorize(labels[known].astype(str), sort=True)[0]
+        return np.full(adata.n_obs, -1, dtype=np.int64)
+    with warnings.catch_warnings():  # a placeholder label is PyroSCVAE's to warn of, once
+        warnings.simplefilter("ignore", PyroSCVAEWarning)
+        codes, _ = encode_labels(adata.obs[setup["labels_key"]], setup.get("unlabeled_category"))
     return codes
 
 

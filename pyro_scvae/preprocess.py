@@ -198,9 +198,7 @@ def training_genes(
     """
     n_types = len(np.unique(labels[labels >= 0]))
     per_type = markers_per_type(n_top_genes, n_types, marker_share)
-    markers = np.zeros(len(variability_ranks), dtype=bool)
-    if per_type:
-        markers = type_markers(counts, labels, per_type)
+    markers = type_markers(counts, labels, per_type)  # none when per_type is 0
     return gene_panel(variability_ranks, markers, n_top_genes)
 
 
