@@ -31,8 +31,9 @@ from sklearn.metrics import f1_score
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.calibration_study import ece  # noqa: E402
 from benchmarks.methods import fit_predict_pyro_scvae_cli  # noqa: E402
-from benchmarks.metrics import ece_floor, expected_calibration_error  # noqa: E402
+from benchmarks.metrics import ece_floor  # noqa: E402
 from benchmarks.tasks import build_task  # noqa: E402
 from pyro_scvae.calibration import fit_temperature, softmax  # noqa: E402
 
@@ -60,9 +61,6 @@ def study(task_name: str, seed: int) -> dict:
     logits = np.log(np.clip(p, 1e-300, None)) * temperature
     oracle = fit_temperature(logits, y)
 
-    def ece(q: np.ndarray) -> float:
-        return expected_calibration_error(q.max(axis=1), q.argmax(axis=1) == y)
-
     def f1(q: np.ndarray) -> float:
         return f1_score(y, q.argmax(axis=1), average="macro", labels=np.arange(len(classes)))
 
@@ -86,13 +84,13 @@ def study(task_name: str, seed: int) -> dict:
         "seed": seed,
         "T": round(temperature, 3),
         "T_oracle": round(oracle, 3),
-        "ece_T1": round(ece(softmax(logits, 1.0)), 3),
-        "ece_T": round(ece(p), 3),
-        "ece_oracle": round(ece(softmax(logits, oracle)), 3),
+        "ece_T1": round(ece(softmax(logits, 1.0), y), 3),
+        "ece_T": round(ece(p, y), 3),
+        "ece_oracle": round(ece(softmax(logits, oracle), y), 3),
         "ece_floor": round(ece_floor(p.max(axis=1)), 3),
         "f1": round(f1(p), 3),
         "f1_label_shift": round(f1(shifted), 3),
-        "ece_label_shift": round(ece(shifted), 3),
+        "ece_label_shift": round(ece(shifted, y), 3),
         "worst": sorted(recall, key=lambda row: row["recall"])[:3],
     }
 
