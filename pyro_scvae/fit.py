@@ -336,6 +336,7 @@ def run(args) -> None:
         backed_training_subset,
         drop_empty_cells,
         load_training_data,
+        markers_added,
         nonempty_cells,
         read_adata,
         select_genes,
@@ -351,8 +352,7 @@ def run(args) -> None:
     else:
         training_adata = select_genes(adata, args.n_top_genes, args.layer, args.marker_share)
         training_adata = drop_empty_cells(training_adata, args.layer)
-    variable = args.n_top_genes if 0 < args.n_top_genes < adata.n_vars else adata.n_vars
-    markers_added = training_adata.n_vars - variable  # markers not among the variable genes
+    n_markers_added = markers_added(args.n_top_genes, adata.n_vars, training_adata.n_vars)
     query, query_cells = None, None
     if args.query is not None:  # its counts are checked here, before training
         query = read_adata(args.query, backed=args.backed)
@@ -391,7 +391,7 @@ def run(args) -> None:
             "labels_key": labels_key,
             "epochs": epochs,
             "n_genes_used": training_adata.n_vars,
-            "n_marker_genes_added": markers_added,
+            "n_marker_genes_added": n_markers_added,
         }
     )
     with atomic_output_dir(args.out, "fit", inputs) as out:
@@ -409,7 +409,7 @@ def run(args) -> None:
                 majority_voting=args.majority_voting,
             )
     if not args.quiet:
-        print_summary(model, metrics, training_adata, Path(args.out), markers_added)
+        print_summary(model, metrics, training_adata, Path(args.out), n_markers_added)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,6 +104,17 @@ def load_training_data(args) -> tuple[ad.AnnData, str]:
     return drop_empty_cells(adata, args.layer), labels_key  # checks the counts
 
 
+def keeps_all_genes(n_top_genes: int, n_genes: int) -> bool:
+    """Whether ``n_top_genes`` asks for every gene: 0, or at least the number of genes."""
+    return n_top_genes == 0 or n_top_genes >= n_genes
+
+
+def markers_added(n_top_genes: int, n_genes: int, n_training_genes: int) -> int:
+    """How many training genes are markers beyond the ``n_top_genes`` variable ones."""
+    variable = n_genes if keeps_all_genes(n_top_genes, n_genes) else n_top_genes
+    return n_training_genes - variable
+
+
 def backed_training_subset(
     adata: ad.AnnData, n_top_genes: int, cells_with_counts: np.ndarray, marker_share: float = 0.0
 ) -> ad.AnnData:
@@ -120,7 +131,7 @@ def backed_training_subset(
     counts = BackedCounts.from_adata(adata)  # checked by nonempty_cells already
     cells = cells_with_counts.copy()  # [cells]
     genes = np.ones(adata.n_vars, dtype=bool)  # [genes]
-    if 0 < n_top_genes < adata.n_vars:
+    if not keeps_all_genes(n_top_genes, adata.n_vars):
         subset = counts.subset(cells)
         ranks = with_wider_spans(lambda span: seurat_v3_ranks(subset, span), n_top_genes)
         genes = training_genes(subset, label_codes(adata)[cells], ranks, n_top_genes, marker_share)
@@ -160,7 +171,7 @@ def select_genes(
     """
     setup = adata.uns.get(SETUP_KEY) or {}
     layer = layer if layer is not None else setup.get("layer")
-    if n_top_genes == 0 or n_top_genes >= adata.n_vars:
+    if keeps_all_genes(n_top_genes, adata.n_vars):
         return adata
 
     def ranks(span: float) -> np.ndarray:

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from pyro_scvae import PyroSCVAE
 from pyro_scvae.panel import gene_panel, markers_per_type, type_markers
-from pyro_scvae.preprocess import backed_training_subset, select_genes
+from pyro_scvae.preprocess import backed_training_subset, markers_added, select_genes
 
 N_CELLS, N_GENES = 600, 60
 MARKER = 50  # a gene of steady expression, higher in type_1: a marker, but not variable
@@ -60,6 +60,14 @@ def test_markers_join_the_most_variable_genes(cells):
     assert set(expected) < set(chosen.var_names) and f"g{MARKER}" in chosen.var_names
     per_type = markers_per_type(10, 3, 0.3)
     assert per_type == 1 and chosen.n_vars <= 10 + 3 * per_type
+
+
+def test_markers_added_counts_only_genes_beyond_the_variable_ones(cells):
+    chosen = select_genes(cells, 10, None, marker_share=0.3)
+    assert markers_added(10, N_GENES, chosen.n_vars) == chosen.n_vars - 10 >= 1
+    for every_gene in (0, N_GENES, N_GENES + 5):  # all genes kept: none added
+        kept = select_genes(cells, every_gene, None, marker_share=0.3)
+        assert kept.n_vars == N_GENES and markers_added(every_gene, N_GENES, kept.n_vars) == 0
 
 
 def test_a_panel_keeps_every_variable_gene_and_marker():
