@@ -504,6 +504,22 @@ def test_gene_panels_compares_four_panels_on_one_task(capsys, monkeypatch):
     assert all(0.3 < f1 <= 1.0 for f1 in f1s)
 
 
+def test_inductive_study_annotates_the_query_with_a_model_that_never_saw_it(capsys, monkeypatch):
+    """benchmarks/inductive_study.py on T4: reference and query in two files, --query."""
+    from benchmarks import inductive_study
+    from benchmarks.tasks import build_task
+
+    argv = ["inductive_study.py", "--tasks", "T4", "--seeds", "0", "--options=--epochs,3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    inductive_study.main()
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    obs = build_task("T4", 0).adata.obs
+    query = obs["is_query"].to_numpy(dtype=bool)
+    assert row["task"] == "T4" and row["query_cells"] == query.sum() < len(obs)
+    assert set(row["per_class_f1"]) == set(obs.loc[query, "label"].astype(str))
+    assert 0.0 < row["macro_f1"] <= 1.0 and 0.0 < row["accuracy"] <= 1.0
+
+
 def test_merge_keeps_every_parts_tasks_and_their_descriptions():
     from benchmarks.merge import merge
 
