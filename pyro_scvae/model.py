@@ -124,12 +124,7 @@ class HierarchicalVAE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Parameters of q(z₁|x) (``[batch, d]`` each) and of q(l|x) (``[batch]`` each)."""
         inputs = [torch.log1p(x), *(batch_onehot if self.config.encode_batch else [])]
-        import os
-        if os.environ.get("XNORM"):
-            z_inputs = [torch.log1p(x * (1e4 / x.sum(-1, keepdim=True).clamp(min=1))), *inputs[1:]]
-        else:
-            z_inputs = inputs
-        loc, scale = self.x_encoder(*z_inputs)  # [batch, d] each ([batch, d + 1] when shared)
+        loc, scale = self.x_encoder(*inputs)  # [batch, d] each ([batch, d + 1] when shared)
         if self.config.separate_library_encoder:
             l_loc, l_scale = self.library_encoder(*inputs)  # [batch, 1] each
             return loc, scale, l_loc[..., 0], l_scale[..., 0]
