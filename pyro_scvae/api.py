@@ -48,6 +48,9 @@ from pyro_scvae.training import History, train
 SETUP_KEY = "_pyro_scvae_setup"
 #: The batch of cells without a value in the batch column (NaN, None).
 MISSING_BATCH = "nan"
+#: Below this median number of cells per batch, the batch column is questioned (a warning):
+#: a column of one value per cell or per few cells is more likely a barcode or a sample id.
+MIN_CELLS_PER_BATCH = 10
 UNASSIGNED = "Unassigned"
 #: The call of a cell unlike every reference type (``predict(..., novelty=True)``).
 NOVEL = "novel"
@@ -220,6 +223,15 @@ class PyroSCVAE:
             warnings.warn(
                 f"{n_missing} cells have no value in obs['{key}'] (NaN); they form a batch "
                 f"of their own, '{MISSING_BATCH}'",
+                PyroSCVAEWarning,
+                stacklevel=3,
+            )
+        categories, sizes = np.unique(values, return_counts=True)
+        if len(categories) > 1 and np.median(sizes) < MIN_CELLS_PER_BATCH:
+            warnings.warn(
+                f"obs['{key}'] has {len(categories)} batches for {len(values)} cells (median "
+                f"{np.median(sizes):g} cells per batch); a batch's effect is learnt from its own "
+                f"cells, so batches of a few cells are not corrected: is '{key}' a batch column?",
                 PyroSCVAEWarning,
                 stacklevel=3,
             )

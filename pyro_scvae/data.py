@@ -500,11 +500,20 @@ def check_counts(values: np.ndarray, where: str = ".X") -> None:
         raise InputError(f"{where} contains {n_bad} NaN or infinite values; counts must be finite")
     if values.size and values.min() < 0:
         raise InputError(f"{where} contains negative values; raw counts are non-negative")
-    if values.size and not np.all(values == np.round(values)):
+    fractional = values != np.round(values)  # [entries]
+    if not fractional.any():
+        return
+    if fractional.mean() > 0.5:  # most values: a transform of the counts
         raise InputError(
             f"{where} is not integer counts (the data look log-normalised); "
             "use --layer (or layer=) to point to the raw counts"
         )
+    first = values[np.flatnonzero(fractional)[0]]
+    raise InputError(
+        f"{where} is not integer counts: {int(fractional.sum())} of its values are not whole "
+        f"numbers (the first: {first:g}); use --layer (or layer=) to point to the raw "
+        "counts, or round estimated counts to integers"
+    )
 
 
 #: Label values that usually mean "no label" when they appear as a cell type (lower case).

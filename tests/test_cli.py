@@ -294,6 +294,10 @@ BAD_DATA = {
         "infinite",
     ),
     "negative": (lambda a: set_x(a, -a.X.toarray()), "negative"),
+    "a-fraction": (  # one estimated count among integers: named, not called log-normalised
+        lambda a: set_x(a, np.where(np.arange(a.n_vars) == 0, 0.5, a.X.toarray())),
+        r"\d+ of its values are not whole numbers \(the first: 0\.5\).*round",
+    ),
     "no-labels": (lambda a: a.obs.__setitem__("label", np.nan), "no cell has a label"),
     "single-class": (lambda a: a.obs.__setitem__("label", "B"), "single class"),
 }

@@ -508,6 +508,22 @@ def test_missing_batch_values_form_a_batch_of_their_own():
         trained_without._batch_codes(adata)
 
 
+def test_a_batch_column_of_a_few_cells_per_value_is_questioned():
+    adata = simulate_counts(n_cells=60, n_genes=20, n_classes=2, labelled_fraction=0.5, n_batches=2)
+    adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()  # no warning on empty cells
+    adata.obs["barcode"] = adata.obs_names.astype(str)  # one value per cell
+    PyroSCVAE.setup_anndata(adata, "label", batch_key="barcode")
+    pattern = (
+        f"obs\\['barcode'\\] has {adata.n_obs} batches .*median 1 cells per batch.*batch column"
+    )
+    with pytest.warns(PyroSCVAEWarning, match=pattern):
+        PyroSCVAE(adata)
+    PyroSCVAE.setup_anndata(adata, "label", batch_key="batch")  # 2 batches of ~30: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PyroSCVAE(adata)
+
+
 # ---------------------------------------------------------------------- 5: signals
 def start_fit(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
     """``python -m pyro_scvae.fit`` in a process; its stderr is collected line by line."""
