@@ -75,7 +75,8 @@ class PyroSCVAE:
     n_latent, n_hidden, n_layers, dropout, alpha, encode_batch, separate_library_encoder
         Architecture and classification weight, see :class:`~pyro_scvae.model.ModelConfig`.
     class_prior
-        ``"uniform"`` or ``"frequencies"`` (label frequencies of the labelled cells) for p(y).
+        p(y): ``"frequencies"`` (the default: label frequencies of the labelled cells, each
+        count plus one) or ``"uniform"``, see :class:`~pyro_scvae.model.ModelConfig`.
     balance_classes
         Weigh the classification term of each labelled cell by a power of the inverse
         frequency of its class, ``n_y ** -p`` scaled to mean 1 over the labelled cells:

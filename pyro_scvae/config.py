@@ -42,7 +42,10 @@ class ModelConfig:
         "LogNormal from an encoder of log1p(x)"; the separate one was chosen on the
         benchmark tasks (``benchmarks/tuning.md``, fifth round).
     class_prior
-        p(y): ``"uniform"``, or ``"frequencies"`` (of the labelled cells' labels).
+        p(y): ``"frequencies"`` (of the labelled cells' labels, each count plus one; the
+        default, chosen on the benchmark tasks, ``benchmarks/tuning.md``, nineteenth round:
+        it equals the uniform prior where the labels are balanced) or ``"uniform"``
+        (MODEL.md's default). It weighs only the unlabelled cells' q(y | z₁).
     balance_classes
         Power p of the weights ``n_y ** -p`` on the classification term of labelled cells
         (``True`` is 1, ``False`` is 0), see :class:`~pyro_scvae.api.PyroSCVAE`.
@@ -58,7 +61,7 @@ class ModelConfig:
     alpha: float = 50.0
     encode_batch: bool = False
     separate_library_encoder: bool = True
-    class_prior: str = "uniform"
+    class_prior: str = "frequencies"
     balance_classes: bool | float = True
 
     def to_dict(self) -> dict:

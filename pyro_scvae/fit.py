@@ -39,7 +39,10 @@ MODEL_OPTIONS = {
         "power p of the class weights n_class^-p on the classification term of labelled "
         "cells (0: no balancing, 1: every type counts the same in total)",
     ),
-    "class_prior": (["uniform", "frequencies"], "p(y): uniform, or the label frequencies"),
+    "class_prior": (
+        ["frequencies", "uniform"],
+        "p(y): the labelled cells' label frequencies, or uniform (MODEL.md's default)",
+    ),
     "encode_batch": (
         bool,
         "give the --batch-key covariate to the encoders of z1 and l too, not only to the "

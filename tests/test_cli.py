@@ -81,7 +81,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
             "--balance-classes",
             "0.5",
             "--class-prior",
-            "frequencies",
+            "uniform",
             "--encode-batch",
             "--no-separate-library-encoder",
             "--epochs",
@@ -143,7 +143,7 @@ def test_every_training_option_and_output(h5ad, tmp_path, capsys):
     assert saved["model"]["encode_batch"] is True  # the default is False
     assert saved["model"]["separate_library_encoder"] is False  # the default is True
     assert saved["model"]["balance_classes"] == 0.5
-    assert saved["model"]["class_prior"] == "frequencies"
+    assert saved["model"]["class_prior"] == "uniform"  # the default is "frequencies"
     assert saved["training"]["kl_warmup"] == 0.25 and saved["training"]["epochs"] == 3
     # the 40 most variable genes and up to ceil(0.25 · 40 / 3) = 4 markers of each type
     n_genes_used = annotated.uns["pyro_scvae"]["n_genes_used"]
