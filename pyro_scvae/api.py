@@ -236,7 +236,7 @@ class PyroSCVAE:
                 PyroSCVAEWarning,
                 stacklevel=3,
             )
-        return sorted(set(values))
+        return categories.tolist()  # sorted, as np.unique gives them
 
     def _batch_codes(self, adata: ad.AnnData) -> np.ndarray | None:
         """Codes of ``adata``'s batches; -1 (with a warning) for batches the model lacks.
